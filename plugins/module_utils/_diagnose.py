@@ -1,0 +1,218 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""From kernel answers to a verdict: missing features, their causes, and what an operator can do."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+__all__ = [
+    "CAUSES",
+    "FEATURES",
+    "REMEDIES",
+    "access_cause",
+    "diagnose",
+    "errno_cause",
+]
+
+FEATURES = (
+    "userfaultfd",
+    "uffdio_api",
+    "uffdio_register",
+    "uffdio_unregister",
+    "uffdio_wake",
+    "uffdio_copy",
+    "uffdio_zeropage",
+    "target_page_size",
+    "missing_hugetlbfs",
+    "hugetlbfs_register",
+    "hugepages_reserved",
+    "missing_shmem",
+    "shmem_register",
+)
+
+CAUSES = (
+    "kernel_config",
+    "unprivileged_userfaultfd_sysctl",
+    "seccomp",
+    "lsm",
+    "device_permissions",
+    "qemu_too_old_for_device",
+    "resource_limit",
+    "page_size",
+)
+
+REMEDIES = {
+    "kernel_config": "Boot a kernel built with CONFIG_USERFAULTFD=y (5.7 or newer has every feature QEMU post-copy uses).",
+    "unprivileged_userfaultfd_sysctl": (
+        "Give QEMU's account /dev/userfaultfd (kernel 6.1+, QEMU 8.0+; role variable postcopy_grant_access=device), "
+        "or set vm.unprivileged_userfaultfd=1, which opens userfaultfd to every local account."
+    ),
+    "seccomp": "Allow the userfaultfd syscall and its ioctls in the seccomp profile QEMU runs under (container runtime profile or systemd SystemCallFilter=).",
+    "lsm": "Allow userfaultfd for QEMU's domain in the SELinux/AppArmor policy; the denial is in the audit log (ausearch -m avc -ts recent).",
+    "device_permissions": (
+        "Give QEMU's account read/write access to /dev/userfaultfd with a udev rule (MODE 0660, its group); "
+        "role variable postcopy_grant_access=device does this."
+    ),
+    "qemu_too_old_for_device": "QEMU before 8.0 never opens /dev/userfaultfd: upgrade QEMU to 8.0+, or set vm.unprivileged_userfaultfd=1.",
+    "resource_limit": "Raise the limit QEMU's account hit (RLIMIT_NOFILE, memory) or free the resource.",
+    "page_size": "Use a target page size no larger than the host page size.",
+}
+
+_RESOURCE_ERRNOS = ("EMFILE", "ENFILE", "ENOMEM")
+
+
+def _cause(feature, cause, detail, remedy=None):
+    return {"feature": feature, "cause": cause, "detail": detail, "remedy": remedy or REMEDIES[cause]}
+
+
+def errno_cause(err, seccomp):
+    """The cause of a failed ioctl/mmap/memfd step, judged from its errno and the seccomp mode."""
+    if err in _RESOURCE_ERRNOS:
+        return "resource_limit"
+    if err in ("EPERM", "ENOSYS") and seccomp == 2:
+        return "seccomp"
+    if err == "EACCES":
+        return "lsm"
+    return "kernel_config"
+
+
+def access_cause(syscall, seccomp, sysctl, cap_sys_ptrace):
+    """Why the userfaultfd syscall failed; sysctl is None when the kernel lacks the knob."""
+    err = syscall.get("errno")
+    if err in _RESOURCE_ERRNOS:
+        return "resource_limit"
+    if err == "ENOSYS":
+        # With the sysctl present the kernel has userfaultfd: ENOSYS came from a filter.
+        return "seccomp" if (seccomp == 2 or sysctl is not None) else "kernel_config"
+    if err == "EPERM":
+        if sysctl == 0 and not cap_sys_ptrace and syscall.get("user_mode_only_usable"):
+            return "unprivileged_userfaultfd_sysctl"
+        if seccomp == 2:
+            return "seccomp"
+        if sysctl == 0 and not cap_sys_ptrace:
+            return "unprivileged_userfaultfd_sysctl"
+        return "lsm"
+    if err == "EACCES":
+        return "lsm"
+    return "kernel_config"
+
+
+def _access_causes(obs, ctx):
+    access = obs["access"]
+    status = obs["status"]
+    syscall, device = access["syscall"], access["device"]
+    sysctl = ctx["sysctl"]
+    cause = access_cause(syscall, status["seccomp"], sysctl, status["cap_sys_ptrace"])
+    detail = "userfaultfd() as %s failed with %s" % (ctx["account_name"], syscall["errno"])
+    if cause == "unprivileged_userfaultfd_sysctl":
+        detail += " (vm.unprivileged_userfaultfd=0, no CAP_SYS_PTRACE; a user-mode-only fd works)"
+    elif cause == "seccomp":
+        detail += " under seccomp filter mode %s" % status["seccomp"]
+    remedy = None
+    if cause == "unprivileged_userfaultfd_sysctl" and not ctx["uses_device"]:
+        remedy = "Set vm.unprivileged_userfaultfd=1 (QEMU %s cannot use /dev/userfaultfd; with QEMU 8.0+ granting the device is the narrower fix)." % ctx["qemu_version"]
+    causes = [_cause("userfaultfd", cause, detail, remedy)]
+    if not ctx["uses_device"] and device["usable"]:
+        causes.append(_cause("userfaultfd", "qemu_too_old_for_device", "/dev/userfaultfd is usable but QEMU %s only uses the syscall" % ctx["qemu_version"]))
+    elif ctx["uses_device"] and device["present"] and not device["usable"]:
+        if device["errno"] in ("EACCES", "EPERM") and device["failed_step"] == "open":
+            detail = "open(/dev/userfaultfd) as %s failed with %s (mode %s %s:%s)" % (
+                ctx["account_name"],
+                device["errno"],
+                ctx["device"].get("mode"),
+                ctx["device"].get("owner"),
+                ctx["device"].get("group"),
+            )
+            causes.append(_cause("userfaultfd", "device_permissions", detail))
+    return causes
+
+
+def _api_causes(obs):
+    api = obs["api"]
+    seccomp = obs["status"]["seccomp"]
+    if not api["ok"]:
+        return {"uffdio_api": _cause("uffdio_api", errno_cause(api["errno"], seccomp), "UFFDIO_API (%s) failed with %s" % (api["step"], api["errno"]))}
+    missing = {}
+    for ioctl in ("REGISTER", "UNREGISTER"):
+        if ioctl not in api["ioctls"]:
+            feature = "uffdio_" + ioctl.lower()
+            missing[feature] = _cause(feature, "kernel_config", "UFFDIO_API does not offer %s" % ioctl)
+    return missing
+
+
+def _register_causes(result, seccomp, register_feature, what, required=("WAKE", "COPY", "ZEROPAGE")):
+    if result["ok"] is None:
+        return {}
+    if not result["ok"]:
+        feature = "uffdio_unregister" if result["step"] == "unregister" else register_feature
+        detail = "%s of %s failed with %s" % (result["step"], what, result["errno"])
+        return {feature: _cause(feature, errno_cause(result["errno"], seccomp), detail)}
+    missing = {}
+    for ioctl in required:
+        if ioctl not in result["ioctls"]:
+            feature = register_feature if register_feature != "uffdio_register" else "uffdio_" + ioctl.lower()
+            missing[feature] = _cause(feature, "kernel_config", "registering %s does not offer %s" % (what, ioctl))
+    if not result.get("unregister_ok", True):
+        missing["uffdio_unregister"] = _cause("uffdio_unregister", errno_cause(result["errno"], seccomp), "unregister of %s failed" % what)
+    return missing
+
+
+def _hugetlbfs_causes(obs, ctx):
+    features = obs["api"]["features"]
+    if "MISSING_HUGETLBFS" not in features:
+        return {"missing_hugetlbfs": _cause("missing_hugetlbfs", "kernel_config", "UFFDIO_API does not offer MISSING_HUGETLBFS")}
+    reserved = [size for size, counts in ctx["hugepages"].items() if counts.get("total")]
+    if not reserved:
+        return {
+            "hugepages_reserved": _cause(
+                "hugepages_reserved",
+                "resource_limit",
+                "no huge pages are reserved (sizes offered: %s)" % ", ".join(str(s) for s in sorted(ctx["hugepages"])),
+                "Reserve huge pages for guests: vm.nr_hugepages or hugepages= on the kernel command line.",
+            )
+        }
+    missing = {}
+    sizes = obs["register"].get("hugetlbfs", {}).get("sizes", {})
+    for size, result in sorted(sizes.items(), key=lambda item: int(item[0])):
+        missing.update(_register_causes(result, obs["status"]["seccomp"], "hugetlbfs_register", "a %s-byte huge page" % size, required=("COPY",)))
+    return missing
+
+
+def _shmem_causes(obs):
+    if "MISSING_SHMEM" not in obs["api"]["features"]:
+        return {"missing_shmem": _cause("missing_shmem", "kernel_config", "UFFDIO_API does not offer MISSING_SHMEM")}
+    return _register_causes(obs["register"]["shmem"], obs["status"]["seccomp"], "shmem_register", "a shared memfd page")
+
+
+def _memory_causes(obs, ctx):
+    missing = {}
+    seccomp = obs["status"]["seccomp"]
+    missing.update(_register_causes(obs["register"]["anonymous"], seccomp, "uffdio_register", "an anonymous page"))
+    if "shmem" in ctx["memory_backends"]:
+        missing.update(_shmem_causes(obs))
+    if "hugetlbfs" in ctx["memory_backends"]:
+        missing.update(_hugetlbfs_causes(obs, ctx))
+    return missing
+
+
+def diagnose(obs, ctx):
+    """Return (missing feature ids in FEATURES order, causes) for one probe.
+
+    ctx: sysctl, uses_device, qemu_version, account_name, device (device_info),
+    page_size, target_page_size, memory_backends, hugepages.
+    """
+    causes = []
+    if ctx["target_page_size"] > ctx["page_size"]:
+        detail = "target page size %d is larger than the host page size %d" % (ctx["target_page_size"], ctx["page_size"])
+        causes.append(_cause("target_page_size", "page_size", detail, "Use a target page size no larger than %d." % ctx["page_size"]))
+    if obs["access"]["used"] is None:
+        causes.extend(_access_causes(obs, ctx))
+    elif obs["api"] is not None:
+        found = _api_causes(obs)
+        if not found and obs["register"]:
+            found = _memory_causes(obs, ctx)
+        causes.extend(found.values())
+    missing = [feature for feature in FEATURES if any(c["feature"] == feature for c in causes)]
+    return missing, causes

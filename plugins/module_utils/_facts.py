@@ -1,0 +1,136 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Everything postcopy_facts returns, assembled from the host, the QEMU binary and one probe."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import time
+
+from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import (
+    account_switch_needed,
+    resolve_account,
+)
+from ansible_collections.hypervisor.migration.plugins.module_utils._diagnose import diagnose
+from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import select_backend
+from ansible_collections.hypervisor.migration.plugins.module_utils._host import (
+    DEVICE_PATH,
+    device_info,
+    hugepage_sizes,
+    kernel_release,
+    page_size,
+    unprivileged_userfaultfd,
+)
+from ansible_collections.hypervisor.migration.plugins.module_utils._probe import observe
+from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import (
+    find_qemu_binary,
+    qemu_uses_device,
+    qemu_version,
+)
+from ansible_collections.hypervisor.migration.plugins.module_utils._switch import run_in_child
+from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import canonical_arch
+
+__all__ = [
+    "DEFAULTS",
+    "gather_postcopy_facts",
+]
+
+DEFAULTS = {
+    "probe_user": "auto",
+    "memory_backends": ["anonymous"],
+    "qemu_binary": "auto",
+    "target_page_size": 4096,
+    "ffi_backend": "auto",
+    "timeout": 10,
+}
+
+
+def _qemu_facts(spec):
+    binary = find_qemu_binary(spec)
+    version = qemu_version(binary)
+    facts = {"binary": binary, "version": version, "uses_device": qemu_uses_device(version), "note": None}
+    if binary is None:
+        facts["note"] = "no QEMU binary found; judged as QEMU 8.0 or newer, which opens /dev/userfaultfd first"
+    elif version is None:
+        facts["note"] = "could not read the version of %s; judged as QEMU 8.0 or newer" % binary
+    return facts
+
+
+def _probe_account(spec, warn):
+    """The account to probe as; without root, the module's own account (with a warning)."""
+    account = resolve_account(spec)
+    if account_switch_needed(account) and os.geteuid() != 0:
+        own = resolve_account(str(os.geteuid()))
+        warn("not running as root: probing as %s instead of %s, the verdict may differ for QEMU's account" % (own.name, account.name))
+        return own._replace(source=account.source, reason="asked for %s (%s) but cannot switch accounts without root" % (account.name, account.reason)), False
+    return account, account_switch_needed(account)
+
+
+def _access_facts(obs, device):
+    if "access" not in obs:
+        return None
+    access = obs["access"]
+    merged_device = dict(device)
+    merged_device.update(access["device"])
+    return {"device": merged_device, "syscall": access["syscall"], "used": access["used"]}
+
+
+def _register_facts(obs):
+    return dict((name, obs["register"].get(name)) for name in ("anonymous", "shmem", "hugetlbfs"))
+
+
+def gather_postcopy_facts(params, warn=lambda msg: None):
+    """Run one probe as QEMU's account and return the module's ansible_facts."""
+    start = time.monotonic()
+    options = dict(DEFAULTS)
+    options.update((k, v) for k, v in params.items() if v is not None)
+    account, switch = _probe_account(options["probe_user"], warn)
+    qemu = _qemu_facts(options["qemu_binary"])
+    backend = select_backend(options["ffi_backend"])
+    host_page = page_size()
+    hugepages = hugepage_sizes()
+    memory_backends = list(options["memory_backends"])
+
+    def probe():
+        return observe(backend, host_page, memory_backends, hugepages, device_first=qemu["uses_device"])
+
+    obs = run_in_child(probe, account if switch else None, timeout=options["timeout"])
+    device = device_info(DEVICE_PATH)
+    sysctl = unprivileged_userfaultfd()
+    missing, causes = diagnose(
+        obs,
+        {
+            "sysctl": sysctl,
+            "uses_device": qemu["uses_device"],
+            "qemu_version": qemu["version"],
+            "account_name": account.name,
+            "device": device,
+            "page_size": host_page,
+            "target_page_size": options["target_page_size"],
+            "memory_backends": memory_backends,
+            "hugepages": hugepages,
+        },
+    )
+    details = {
+        "kernel": kernel_release(),
+        "arch": canonical_arch(),
+        "page_size": host_page,
+        "target_page_size": options["target_page_size"],
+        "hugepage_sizes": hugepages,
+        "memory_backends": memory_backends,
+        "probe_user": {"name": account.name, "uid": account.uid, "gid": account.gid, "source": account.source, "reason": account.reason},
+        "access": _access_facts(obs, device),
+        "sysctl": {"vm.unprivileged_userfaultfd": sysctl},
+        "seccomp": obs["status"]["seccomp"],
+        "cap_sys_ptrace": obs["status"]["cap_sys_ptrace"],
+        "api": {"features": obs["api"].get("features", []), "ioctls": obs["api"].get("ioctls", [])} if obs["api"] else None,
+        "register": _register_facts(obs),
+        "qemu": qemu,
+        "causes": causes,
+        "backend": backend.name,
+        "duration_ms": round((time.monotonic() - start) * 1000.0, 2),
+    }
+    return {"postcopy_supported": not missing, "postcopy_missing_features": missing, "postcopy": details}

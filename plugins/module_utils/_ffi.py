@@ -1,0 +1,220 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Two ways to make the userfaultfd calls from Python: cffi in ABI mode, or the standard library's ctypes.
+
+Both backends expose the same small interface; every call returns the kernel's errno
+instead of raising, because the probe's answer *is* the errno.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ctypes
+import traceback
+
+from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import (
+    ioctl_requests,
+    nr_userfaultfd,
+)
+
+CFFI_IMPORT_ERROR = None
+try:
+    import cffi
+except ImportError:
+    cffi = None
+    CFFI_IMPORT_ERROR = traceback.format_exc()
+
+__all__ = [
+    "BACKEND_CHOICES",
+    "CFFI_IMPORT_ERROR",
+    "BackendUnavailable",
+    "CffiBackend",
+    "CtypesBackend",
+    "HAS_CFFI",
+    "select_backend",
+]
+
+HAS_CFFI = cffi is not None
+BACKEND_CHOICES = ("auto", "cffi", "ctypes")
+
+_CDEF = """
+struct uffdio_api { uint64_t api; uint64_t features; uint64_t ioctls; };
+struct uffdio_range { uint64_t start; uint64_t len; };
+struct uffdio_register { struct uffdio_range range; uint64_t mode; uint64_t ioctls; };
+long syscall(long number, ...);
+int ioctl(int fd, unsigned long request, ...);
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+int munmap(void *addr, size_t length);
+"""
+
+
+class BackendUnavailable(Exception):
+    """The backend asked for cannot be loaded on this host."""
+
+
+class _Backend(object):
+    """Interface: each call returns (result..., errno) with errno 0 on success."""
+
+    name = None
+
+    def __init__(self, arch=None):
+        self.requests = ioctl_requests(arch)
+        self.nr_userfaultfd = nr_userfaultfd(arch)
+
+    def userfaultfd(self, flags):
+        raise NotImplementedError
+
+    def ioctl_int(self, fd, request, arg):
+        raise NotImplementedError
+
+    def uffdio_api(self, fd, api, features):
+        """Returns (ret, errno, features, ioctls)."""
+        raise NotImplementedError
+
+    def uffdio_register(self, fd, start, length, mode):
+        """Returns (ret, errno, ioctls)."""
+        raise NotImplementedError
+
+    def uffdio_unregister(self, fd, start, length):
+        raise NotImplementedError
+
+    def mmap(self, length, prot, flags, fd=-1, offset=0):
+        """Returns (address or None, errno)."""
+        raise NotImplementedError
+
+    def munmap(self, address, length):
+        raise NotImplementedError
+
+
+class CffiBackend(_Backend):
+    name = "cffi"
+    _ffi = None
+    _lib = None
+
+    def __init__(self, arch=None):
+        if not HAS_CFFI:
+            raise BackendUnavailable("cffi is not importable")
+        super(CffiBackend, self).__init__(arch)
+        if CffiBackend._ffi is None:
+            # Parsing the declarations is the expensive part; do it once per process.
+            ffi = cffi.FFI()
+            ffi.cdef(_CDEF)
+            CffiBackend._lib = ffi.dlopen(None)
+            CffiBackend._ffi = ffi
+        self.ffi = CffiBackend._ffi
+        self.lib = CffiBackend._lib
+
+    def _call(self, func, *args):
+        self.ffi.errno = 0
+        ret = func(*args)
+        return ret, (self.ffi.errno if ret == -1 else 0)
+
+    def userfaultfd(self, flags):
+        return self._call(self.lib.syscall, self.ffi.cast("long", self.nr_userfaultfd), self.ffi.cast("long", flags))
+
+    def ioctl_int(self, fd, request, arg):
+        return self._call(self.lib.ioctl, fd, self.ffi.cast("unsigned long", request), self.ffi.cast("unsigned long", arg))
+
+    def uffdio_api(self, fd, api, features):
+        msg = self.ffi.new("struct uffdio_api *", {"api": api, "features": features})
+        ret, err = self._call(self.lib.ioctl, fd, self.ffi.cast("unsigned long", self.requests["UFFDIO_API"]), msg)
+        return ret, err, int(msg.features), int(msg.ioctls)
+
+    def uffdio_register(self, fd, start, length, mode):
+        msg = self.ffi.new("struct uffdio_register *", {"range": {"start": start, "len": length}, "mode": mode})
+        ret, err = self._call(self.lib.ioctl, fd, self.ffi.cast("unsigned long", self.requests["UFFDIO_REGISTER"]), msg)
+        return ret, err, int(msg.ioctls)
+
+    def uffdio_unregister(self, fd, start, length):
+        msg = self.ffi.new("struct uffdio_range *", {"start": start, "len": length})
+        return self._call(self.lib.ioctl, fd, self.ffi.cast("unsigned long", self.requests["UFFDIO_UNREGISTER"]), msg)
+
+    def mmap(self, length, prot, flags, fd=-1, offset=0):
+        self.ffi.errno = 0
+        ptr = self.lib.mmap(self.ffi.NULL, length, prot, flags, fd, offset)
+        address = int(self.ffi.cast("uintptr_t", ptr))
+        if address == int(self.ffi.cast("uintptr_t", self.ffi.cast("void *", -1))):
+            return None, self.ffi.errno
+        return address, 0
+
+    def munmap(self, address, length):
+        return self._call(self.lib.munmap, self.ffi.cast("void *", address), length)
+
+
+class _UffdioApi(ctypes.Structure):
+    _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64), ("ioctls", ctypes.c_uint64)]
+
+
+class _UffdioRange(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _UffdioRegister(ctypes.Structure):
+    _fields_ = [("range", _UffdioRange), ("mode", ctypes.c_uint64), ("ioctls", ctypes.c_uint64)]
+
+
+class CtypesBackend(_Backend):
+    name = "ctypes"
+    _libc = None
+
+    def __init__(self, arch=None):
+        super(CtypesBackend, self).__init__(arch)
+        if CtypesBackend._libc is None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.syscall.restype = ctypes.c_long
+            libc.ioctl.restype = ctypes.c_int
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+            libc.munmap.restype = ctypes.c_int
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            CtypesBackend._libc = libc
+        self.libc = CtypesBackend._libc
+
+    @staticmethod
+    def _call(func, *args):
+        ctypes.set_errno(0)
+        ret = func(*args)
+        return ret, (ctypes.get_errno() if ret == -1 else 0)
+
+    def userfaultfd(self, flags):
+        return self._call(self.libc.syscall, ctypes.c_long(self.nr_userfaultfd), ctypes.c_long(flags))
+
+    def ioctl_int(self, fd, request, arg):
+        return self._call(self.libc.ioctl, ctypes.c_int(fd), ctypes.c_ulong(request), ctypes.c_ulong(arg))
+
+    def _ioctl_struct(self, fd, request_name, msg):
+        return self._call(self.libc.ioctl, ctypes.c_int(fd), ctypes.c_ulong(self.requests[request_name]), ctypes.byref(msg))
+
+    def uffdio_api(self, fd, api, features):
+        msg = _UffdioApi(api=api, features=features)
+        ret, err = self._ioctl_struct(fd, "UFFDIO_API", msg)
+        return ret, err, msg.features, msg.ioctls
+
+    def uffdio_register(self, fd, start, length, mode):
+        msg = _UffdioRegister(range=_UffdioRange(start=start, len=length), mode=mode)
+        ret, err = self._ioctl_struct(fd, "UFFDIO_REGISTER", msg)
+        return ret, err, msg.ioctls
+
+    def uffdio_unregister(self, fd, start, length):
+        return self._ioctl_struct(fd, "UFFDIO_UNREGISTER", _UffdioRange(start=start, len=length))
+
+    def mmap(self, length, prot, flags, fd=-1, offset=0):
+        ctypes.set_errno(0)
+        address = self.libc.mmap(None, length, prot, flags, fd, offset)
+        if address is None or address == ctypes.c_void_p(-1).value:
+            return None, ctypes.get_errno()
+        return address, 0
+
+    def munmap(self, address, length):
+        return self._call(self.libc.munmap, address, length)
+
+
+def select_backend(choice="auto", arch=None):
+    """The backend for ffi_backend: auto prefers cffi when the managed host has it."""
+    if choice not in BACKEND_CHOICES:
+        raise ValueError("ffi_backend must be one of %s, got %r" % (", ".join(BACKEND_CHOICES), choice))
+    if choice == "cffi" or (choice == "auto" and HAS_CFFI):
+        return CffiBackend(arch)
+    return CtypesBackend(arch)

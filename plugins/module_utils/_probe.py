@@ -1,0 +1,230 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The userfaultfd probe: what QEMU's host check does, observed call by call.
+
+``observe`` runs in the (possibly account-switched) child and only records what the
+kernel answered. ``diagnose`` runs anywhere and turns those answers into missing
+features, causes and remedies.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible_collections.hypervisor.migration.plugins.module_utils._host import (
+    DEVICE_PATH,
+    errno_name,
+    process_status,
+)
+from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import (
+    API_FEATURES,
+    IOCTL_BITS,
+    O_CLOEXEC,
+    UFFD_API,
+    UFFD_USER_MODE_ONLY,
+    UFFDIO_REGISTER_MODE_MISSING,
+    bits_to_names,
+    mmap_flags,
+)
+
+__all__ = [
+    "MEMORY_BACKENDS",
+    "observe",
+]
+
+MEMORY_BACKENDS = ("anonymous", "shmem", "hugetlbfs")
+
+_O_RDWR = os.O_RDWR
+_MFD_CLOEXEC = 0x1
+_MFD_HUGETLB = 0x4
+_MFD_HUGE_SHIFT = 26
+
+
+class _Resources(object):
+    """Every fd and mapping the probe makes, released on every path (DESIGN step 7)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.fds = []
+        self.maps = []
+
+    def fd(self, fd):
+        self.fds.append(fd)
+        return fd
+
+    def mapping(self, address, length):
+        self.maps.append((address, length))
+        return address
+
+    def release(self):
+        while self.maps:
+            self.backend.munmap(*self.maps.pop())
+        while self.fds:
+            try:
+                os.close(self.fds.pop())
+            except OSError:
+                pass
+
+
+def _open_via_device(backend, res, path):
+    """QEMU >= 8.0: open the device, then ask it for a new userfaultfd. Returns (fd, errno, step)."""
+    try:
+        dev = os.open(path, _O_RDWR | O_CLOEXEC)
+    except OSError as exc:
+        return -1, exc.errno, "open"
+    try:
+        fd, err = backend.ioctl_int(dev, backend.requests["USERFAULTFD_IOC_NEW"], O_CLOEXEC)
+    finally:
+        os.close(dev)
+    if fd >= 0:
+        res.fd(fd)
+    return fd, err, "ioctl"
+
+
+def _open_via_syscall(backend, res, flags=O_CLOEXEC):
+    fd, err = backend.userfaultfd(flags)
+    if fd >= 0:
+        res.fd(fd)
+    return fd, err
+
+
+def _observe_access(backend, res, device_path, device_first):
+    present = os.path.exists(device_path)
+    dev_fd, dev_err, dev_step = (-1, None, None)
+    if present:
+        dev_fd, dev_err, dev_step = _open_via_device(backend, res, device_path)
+    sys_fd, sys_err = _open_via_syscall(backend, res)
+    umo_fd, umo_err = _open_via_syscall(backend, res, O_CLOEXEC | UFFD_USER_MODE_ONLY)
+    access = {
+        "device": {"present": present, "usable": dev_fd >= 0, "errno": errno_name(dev_err), "failed_step": dev_step if dev_fd < 0 else None},
+        "syscall": {"usable": sys_fd >= 0, "errno": errno_name(sys_err), "user_mode_only_usable": umo_fd >= 0, "user_mode_only_errno": errno_name(umo_err)},
+    }
+    if device_first and dev_fd >= 0:
+        used = "device"
+    elif sys_fd >= 0:
+        used = "syscall"
+    else:
+        used = None
+    access["used"] = used
+    return access
+
+
+def _new_fd(backend, res, used, device_path):
+    if used == "device":
+        fd, err, _step = _open_via_device(backend, res, device_path)
+    else:
+        fd, err = _open_via_syscall(backend, res)
+    return fd, err
+
+
+def _observe_api(backend, res, used, device_path):
+    """Features on a throw-away fd, then the real handshake (UFFDIO_API works once per fd)."""
+    probe_fd, err = _new_fd(backend, res, used, device_path)
+    if probe_fd < 0:
+        return {"ok": False, "errno": errno_name(err), "step": "open"}, None
+    ret, err, offered, _ioctls = backend.uffdio_api(probe_fd, UFFD_API, 0)
+    if ret != 0:
+        return {"ok": False, "errno": errno_name(err), "step": "query"}, None
+    fd, err = _new_fd(backend, res, used, device_path)
+    if fd < 0:
+        return {"ok": False, "errno": errno_name(err), "step": "open"}, None
+    wanted = offered & (1 << API_FEATURES["THREAD_ID"])
+    ret, err, _features, ioctls = backend.uffdio_api(fd, UFFD_API, wanted)
+    api = {
+        "ok": ret == 0,
+        "errno": errno_name(err),
+        "step": "handshake",
+        "features": bits_to_names(offered, API_FEATURES),
+        "ioctls": bits_to_names(ioctls, IOCTL_BITS) if ret == 0 else [],
+    }
+    return api, (fd if ret == 0 else None)
+
+
+def _register_range(backend, fd, address, length):
+    ret, err, ioctls = backend.uffdio_register(fd, address, length, UFFDIO_REGISTER_MODE_MISSING)
+    if ret != 0:
+        return {"ok": False, "errno": errno_name(err), "step": "register", "ioctls": []}
+    result = {"ok": True, "errno": None, "step": None, "ioctls": bits_to_names(ioctls, IOCTL_BITS), "unregister_ok": True}
+    # Never touch the registered page: a fault there would block until someone resolves it.
+    ret, err = backend.uffdio_unregister(fd, address, length)
+    if ret != 0:
+        result.update(unregister_ok=False, errno=errno_name(err), step="unregister")
+    return result
+
+
+def _map_and_register(backend, res, fd, length, flags, backing_fd=-1):
+    consts = mmap_flags()
+    address, err = backend.mmap(length, consts["PROT_READ"] | consts["PROT_WRITE"], flags, backing_fd, 0)
+    if address is None:
+        return {"ok": False, "errno": errno_name(err), "step": "mmap", "ioctls": []}
+    res.mapping(address, length)
+    return _register_range(backend, fd, address, length)
+
+
+def _memfd(res, size, flags):
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        return -1, "ENOSYS"
+    try:
+        memfd = res.fd(create("hvm-postcopy-probe", flags))
+        os.ftruncate(memfd, size)
+    except OSError as exc:
+        return -1, errno_name(exc.errno)
+    return memfd, None
+
+
+def _observe_anonymous(backend, res, fd, page):
+    consts = mmap_flags()
+    return _map_and_register(backend, res, fd, page, consts["MAP_PRIVATE"] | consts["MAP_ANONYMOUS"])
+
+
+def _observe_shmem(backend, res, fd, page):
+    memfd, err = _memfd(res, page, _MFD_CLOEXEC)
+    if memfd < 0:
+        return {"ok": False, "errno": err, "step": "memfd_create", "ioctls": []}
+    return _map_and_register(backend, res, fd, page, mmap_flags()["MAP_SHARED"], memfd)
+
+
+def _observe_hugepage(backend, res, fd, size, free):
+    flags = _MFD_CLOEXEC | _MFD_HUGETLB | ((size.bit_length() - 1) << _MFD_HUGE_SHIFT)
+    memfd, err = _memfd(res, size, flags)
+    if memfd < 0:
+        return {"ok": False, "errno": err, "step": "memfd_create", "ioctls": []}
+    result = _map_and_register(backend, res, fd, size, mmap_flags()["MAP_SHARED"], memfd)
+    if not result["ok"] and result["step"] == "mmap" and result["errno"] == "ENOMEM" and free == 0:
+        # Every reserved page is in use by guests: nothing left to test with, not a defect.
+        result.update(ok=None, step="skipped", errno=None)
+    return result
+
+
+def _observe_hugetlbfs(backend, res, fd, hugepages):
+    sizes = {}
+    for size, counts in sorted(hugepages.items()):
+        if counts.get("total"):
+            sizes[size] = _observe_hugepage(backend, res, fd, size, counts.get("free", 0))
+    return {"sizes": sizes}
+
+
+def observe(backend, page_size, memory_backends=("anonymous",), hugepages=None, device_first=True, device_path=DEVICE_PATH):
+    """Record, as the calling process, every kernel answer the verdict needs."""
+    res = _Resources(backend)
+    result = {"status": process_status(), "uid": os.geteuid(), "gid": os.getegid(), "api": None, "register": {}}
+    try:
+        result["access"] = _observe_access(backend, res, device_path, device_first)
+        used = result["access"]["used"]
+        if used is None:
+            return result
+        result["api"], fd = _observe_api(backend, res, used, device_path)
+        if fd is None:
+            return result
+        result["register"]["anonymous"] = _observe_anonymous(backend, res, fd, page_size)
+        if "shmem" in memory_backends:
+            result["register"]["shmem"] = _observe_shmem(backend, res, fd, page_size)
+        if "hugetlbfs" in memory_backends:
+            result["register"]["hugetlbfs"] = _observe_hugetlbfs(backend, res, fd, hugepages or {})
+        return result
+    finally:
+        res.release()

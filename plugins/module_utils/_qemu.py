@@ -1,0 +1,120 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Finding the host's QEMU binary and the version that decides how it opens userfaultfd."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import platform
+import re
+import stat
+import subprocess
+
+__all__ = [
+    "DEVICE_MIN_VERSION",
+    "QemuBinaryError",
+    "candidate_binaries",
+    "find_qemu_binary",
+    "qemu_uses_device",
+    "qemu_version",
+    "validate_binary",
+    "version_tuple",
+]
+
+# QEMU 8.0 opens /dev/userfaultfd before falling back to the syscall.
+DEVICE_MIN_VERSION = (8, 0)
+
+_SEARCH_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec", "/bin")
+_SYSTEM_NAME = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "i686": "i386",
+    "i386": "i386",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "ppc64le": "ppc64",
+    "ppc64": "ppc64",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "loongarch64": "loongarch64",
+}
+_VERSION = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
+
+
+class QemuBinaryError(Exception):
+    """qemu_binary names something that is not a safe executable."""
+
+
+def candidate_binaries(machine=None):
+    system = _SYSTEM_NAME.get(machine or platform.machine(), machine or platform.machine())
+    names = ["qemu-system-%s" % system]
+    paths = [os.path.join(d, n) for n in names for d in _SEARCH_DIRS]
+    # RHEL and CentOS ship KVM-only QEMU here.
+    paths.append("/usr/libexec/qemu-kvm")
+    return paths
+
+
+def validate_binary(path):
+    """Raise QemuBinaryError unless path is an absolute, regular, executable file no one else can rewrite."""
+    if not os.path.isabs(path):
+        raise QemuBinaryError("qemu_binary must be an absolute path or auto, got %r" % path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise QemuBinaryError("qemu_binary %s: %s" % (path, os.strerror(exc.errno)))
+    if not stat.S_ISREG(info.st_mode):
+        raise QemuBinaryError("qemu_binary %s is not a regular file" % path)
+    if not info.st_mode & 0o111:
+        raise QemuBinaryError("qemu_binary %s is not executable" % path)
+    if info.st_mode & stat.S_IWOTH:
+        raise QemuBinaryError("qemu_binary %s is writable by every account; refusing to run it" % path)
+    return path
+
+
+def find_qemu_binary(spec="auto", machine=None):
+    """The QEMU binary to judge: the option's path, or the first host binary found, or None."""
+    if spec and spec != "auto":
+        return validate_binary(spec)
+    for path in candidate_binaries(machine):
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def version_tuple(text):
+    if not text:
+        return None
+    parts = re.findall(r"\d+", text)
+    return tuple(int(p) for p in parts[:3]) if parts else None
+
+
+def qemu_version(path, timeout=10):
+    """The "major.minor.micro" version QEMU reports, or None when it cannot tell."""
+    if not path:
+        return None
+    try:
+        proc = subprocess.run(
+            [path, "--version"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION.search(proc.stdout.decode("utf-8", "replace"))
+    if not match:
+        return None
+    return "%s.%s.%s" % (match.group(1), match.group(2), match.group(3) or "0")
+
+
+def qemu_uses_device(version):
+    """Whether this QEMU tries /dev/userfaultfd first; unknown QEMU counts as current."""
+    parsed = version_tuple(version)
+    if parsed is None:
+        return True
+    return parsed[:2] >= DEVICE_MIN_VERSION
