@@ -1,0 +1,320 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: postcopy_facts
+short_description: Tell whether QEMU on this host can do post-copy live migration of RAM
+version_added: 1.0.0
+description:
+  - Probes the host's userfaultfd support the way QEMU does when post-copy migration is switched on,
+    as the account QEMU runs as, and returns the verdict as host facts.
+  - The probe opens C(/dev/userfaultfd) (QEMU 8.0 and newer try it first) and calls the C(userfaultfd)
+    syscall, negotiates C(UFFDIO_API), and registers one page of each requested guest memory backing.
+  - Every native call runs in a forked child process that has switched to O(probe_user); the module
+    waits at most O(timeout) seconds for it, so a crash or hang of the probe cannot take Ansible down.
+  - A host that cannot do post-copy is a fact (RV(ansible_facts.postcopy_supported=false)) with
+    the missing features, their causes and remedies, never a failed task.
+  - The module never changes the host.
+  - It can be listed in C(facts_modules) so that C(gather_facts) collects the verdict.
+author:
+  - hypervisor.migration developers
+options:
+  probe_user:
+    description:
+      - The account QEMU runs as, by name or numeric uid.
+      - V(auto) takes C(user) from C(/etc/libvirt/qemu.conf) when set, else the first existing
+        of C(qemu) and C(libvirt-qemu), else the module's own account.
+        RV(ansible_facts.postcopy.probe_user) says which account was used and why.
+      - Switching accounts needs root; without root the module probes as itself and warns.
+    type: str
+    default: auto
+    version_added: 1.0.0
+  memory_backends:
+    description:
+      - Guest RAM backings that must support post-copy.
+      - V(anonymous) is ordinary guest RAM; V(shmem) is shared memory (memfd, vhost-user guests);
+        V(hugetlbfs) is huge page backed guest RAM and also needs huge pages reserved.
+    type: list
+    elements: str
+    choices: [anonymous, shmem, hugetlbfs]
+    default: [anonymous]
+    version_added: 1.0.0
+  qemu_binary:
+    description:
+      - The QEMU binary whose behaviour to judge. Its version decides whether C(/dev/userfaultfd)
+        counts: QEMU 8.0 and newer open it first, older QEMU only uses the syscall.
+      - V(auto) looks for C(qemu-system-<arch>) in the system binary directories, then
+        C(/usr/libexec/qemu-kvm). When none is found the host is judged as for current QEMU,
+        and RV(ansible_facts.postcopy.qemu.note) says so.
+      - Otherwise an absolute path to a regular executable file that is not writable by every account.
+    type: str
+    default: auto
+    version_added: 1.0.0
+  target_page_size:
+    description:
+      - The guest's target page size in bytes; post-copy needs it no larger than the host page size.
+      - A power of two between 1024 and 1073741824.
+    type: int
+    default: 4096
+    version_added: 1.0.0
+  ffi_backend:
+    description:
+      - How the probe makes its system calls.
+      - V(auto) uses cffi (ABI mode) when the managed host's Python can import it, else ctypes.
+      - V(cffi) fails when cffi is missing; V(ctypes) needs nothing beyond the standard library.
+    type: str
+    choices: [auto, cffi, ctypes]
+    default: auto
+    version_added: 1.0.0
+  timeout:
+    description:
+      - Seconds to wait for the probe child before killing it and failing the task.
+      - Between 1 and 3600.
+    type: int
+    default: 10
+    version_added: 1.0.0
+extends_documentation_fragment: []
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads; it runs the same way in check mode.
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to diff.
+  facts:
+    support: full
+    description: Returns C(ansible_facts) and can be used in C(facts_modules).
+notes:
+  - Requires Linux. The probe needs root to switch to O(probe_user).
+  - The child probes under the same seccomp filter and LSM label as the module. A QEMU started by
+    libvirt may run under others; M(hypervisor.migration.postcopy_canary) runs a real migration.
+requirements:
+  - Python 3.8 or newer on the managed host.
+  - cffi on the managed host for O(ffi_backend=cffi) (optional).
+seealso:
+  - module: hypervisor.migration.postcopy_canary
+  - name: Kernel documentation on userfaultfd
+    description: The interface this module probes.
+    link: https://docs.kernel.org/admin-guide/mm/userfaultfd.html
+"""
+
+EXAMPLES = r"""
+- name: Gather post-copy facts for QEMU's account
+  hypervisor.migration.postcopy_facts:
+
+- name: Say what is missing and why
+  ansible.builtin.debug:
+    msg: "{{ item.feature }}: {{ item.cause }} - {{ item.remedy }}"
+  loop: "{{ ansible_facts.postcopy.causes }}"
+
+- name: Enable post-copy only where it will work
+  ansible.builtin.debug:
+    msg: post-copy can be enabled on this host
+  when: ansible_facts.postcopy_supported
+
+- name: Require shared memory and huge page guests to work too
+  hypervisor.migration.postcopy_facts:
+    memory_backends: [anonymous, shmem, hugetlbfs]
+    probe_user: libvirt-qemu
+
+- name: Collect the verdict during fact gathering
+  # In ansible.cfg: [defaults] facts_modules = ansible.builtin.setup, hypervisor.migration.postcopy_facts
+  # or per play, through the ansible_facts_modules variable.
+  ansible.builtin.gather_facts:
+  vars:
+    ansible_facts_modules:
+      - ansible.builtin.setup
+      - hypervisor.migration.postcopy_facts
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to C(ansible_facts).
+  returned: always
+  type: complex
+  contains:
+    postcopy_supported:
+      description: Whether QEMU, as O(probe_user), can do post-copy migration of the requested memory backings.
+      returned: always
+      type: bool
+      sample: true
+    postcopy_missing_features:
+      description:
+        - Stable ids of what is missing, empty when supported. One of C(userfaultfd), C(uffdio_api),
+          C(uffdio_register), C(uffdio_unregister), C(uffdio_wake), C(uffdio_copy), C(uffdio_zeropage),
+          C(target_page_size), C(missing_hugetlbfs), C(hugetlbfs_register), C(hugepages_reserved),
+          C(missing_shmem), C(shmem_register).
+      returned: always
+      type: list
+      elements: str
+      sample: [userfaultfd]
+    postcopy:
+      description: The details behind the verdict. Every key is always present, null when unknown.
+      returned: always
+      type: dict
+      contains:
+        kernel:
+          description: Kernel release.
+          returned: always
+          type: str
+          sample: 6.18.44
+        arch:
+          description: Machine architecture.
+          returned: always
+          type: str
+          sample: x86_64
+        page_size:
+          description: Host page size in bytes.
+          returned: always
+          type: int
+          sample: 4096
+        target_page_size:
+          description: The O(target_page_size) judged.
+          returned: always
+          type: int
+          sample: 4096
+        hugepage_sizes:
+          description: Huge page sizes the kernel offers, in bytes, with reserved (C(total)) and C(free) counts.
+          returned: always
+          type: dict
+          sample: {"2097152": {"total": 0, "free": 0}}
+        memory_backends:
+          description: The O(memory_backends) judged.
+          returned: always
+          type: list
+          elements: str
+          sample: [anonymous]
+        probe_user:
+          description: The account probed as, with C(name), C(uid), C(gid), C(source) (V(auto) or V(option)) and C(reason).
+          returned: always
+          type: dict
+          sample: {"name": "libvirt-qemu", "uid": 64055, "gid": 994, "source": "auto", "reason": "account libvirt-qemu exists"}
+        access:
+          description:
+            - How a userfaultfd can be had as the probe account. C(device) describes C(/dev/userfaultfd)
+              (C(present), C(mode), C(owner), C(group), C(usable), C(errno), C(failed_step));
+              C(syscall) the C(userfaultfd) syscall (C(usable), C(errno), C(user_mode_only_usable),
+              C(user_mode_only_errno)); C(used) the path QEMU would take (V(device), V(syscall) or null).
+          returned: always
+          type: dict
+          sample:
+            device: {path: /dev/userfaultfd, present: true, mode: "0600", owner: root, group: root, usable: false, errno: EACCES}
+            syscall: {usable: false, errno: EPERM, user_mode_only_usable: true, user_mode_only_errno: null}
+            used: null
+        sysctl:
+          description: C(vm.unprivileged_userfaultfd), null when the kernel has no such setting.
+          returned: always
+          type: dict
+          sample: {"vm.unprivileged_userfaultfd": 0}
+        seccomp:
+          description: Seccomp mode of the probing process (0 none, 1 strict, 2 filter).
+          returned: always
+          type: int
+          sample: 0
+        cap_sys_ptrace:
+          description: Whether the probing process had C(CAP_SYS_PTRACE), which bypasses the sysctl.
+          returned: always
+          type: bool
+          sample: false
+        api:
+          description: Features and ioctls C(UFFDIO_API) offered; null when no userfaultfd could be had.
+          returned: always
+          type: dict
+          sample: {"features": ["MISSING_HUGETLBFS", "MISSING_SHMEM", "THREAD_ID"], "ioctls": ["REGISTER", "UNREGISTER", "API"]}
+        register:
+          description: Result of registering one page of each backing (C(anonymous), C(shmem), C(hugetlbfs)); null when not tried.
+          returned: always
+          type: dict
+          sample: {"anonymous": {"ok": true, "ioctls": ["WAKE", "COPY", "ZEROPAGE"]}, "shmem": null, "hugetlbfs": null}
+        qemu:
+          description: The QEMU judged (C(binary), C(version), C(uses_device)) and a C(note) when it had to guess.
+          returned: always
+          type: dict
+          sample: {"binary": /usr/bin/qemu-system-x86_64, "version": "7.2.22", "uses_device": false, "note": null}
+        causes:
+          description: One entry per missing feature and cause, with a C(detail) and a one-line C(remedy).
+          returned: always
+          type: list
+          elements: dict
+          sample:
+            - feature: userfaultfd
+              cause: unprivileged_userfaultfd_sysctl
+              detail: userfaultfd() as libvirt-qemu failed with EPERM
+              remedy: Give QEMU's account /dev/userfaultfd, or set vm.unprivileged_userfaultfd=1.
+        backend:
+          description: The FFI backend that made the calls.
+          returned: always
+          type: str
+          sample: cffi
+        duration_ms:
+          description: Wall time of the probe, account switch included, in milliseconds.
+          returned: always
+          type: float
+          sample: 3.1
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import AccountError
+from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
+from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import CFFI_IMPORT_ERROR, HAS_CFFI
+from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import QemuBinaryError
+from ansible_collections.hypervisor.migration.plugins.module_utils._switch import ChildError
+from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import UnsupportedArch
+
+ARGUMENT_SPEC = dict(
+    probe_user=dict(type="str", default="auto"),
+    memory_backends=dict(type="list", elements="str", choices=["anonymous", "shmem", "hugetlbfs"], default=["anonymous"]),
+    qemu_binary=dict(type="str", default="auto"),
+    target_page_size=dict(type="int", default=4096),
+    ffi_backend=dict(type="str", choices=["auto", "cffi", "ctypes"], default="auto"),
+    timeout=dict(type="int", default=10),
+)
+
+MIN_PAGE, MAX_PAGE = 1024, 1 << 30
+MAX_TIMEOUT = 3600
+
+
+def validate_params(params):
+    """One-line messages for values the argument spec cannot express; empty when all are fine."""
+    errors = []
+    size = params["target_page_size"]
+    if size < MIN_PAGE or size > MAX_PAGE or size & (size - 1):
+        errors.append("target_page_size must be a power of two between %d and %d, got %d" % (MIN_PAGE, MAX_PAGE, size))
+    if not 1 <= params["timeout"] <= MAX_TIMEOUT:
+        errors.append("timeout must be between 1 and %d seconds, got %d" % (MAX_TIMEOUT, params["timeout"]))
+    if not params["probe_user"].strip():
+        errors.append("probe_user must be auto, an account name or a numeric uid, got an empty string")
+    if not params["qemu_binary"].strip():
+        errors.append("qemu_binary must be auto or an absolute path, got an empty string")
+    if not params["memory_backends"]:
+        errors.append("memory_backends must name at least one of anonymous, shmem, hugetlbfs")
+    return errors
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    errors = validate_params(module.params)
+    if errors:
+        module.fail_json(msg="; ".join(errors))
+    if module.params["ffi_backend"] == "cffi" and not HAS_CFFI:
+        module.fail_json(msg=missing_required_lib("cffi", reason="for ffi_backend=cffi"), exception=CFFI_IMPORT_ERROR)
+    try:
+        facts = gather_postcopy_facts(module.params, warn=module.warn)
+    except AccountError as exc:
+        module.fail_json(msg="probe_user: %s" % exc)
+    except (QemuBinaryError, UnsupportedArch) as exc:
+        module.fail_json(msg=str(exc))
+    except ChildError as exc:
+        module.fail_json(msg="could not probe userfaultfd: %s" % exc)
+    module.exit_json(changed=False, ansible_facts=facts)
+
+
+if __name__ == "__main__":
+    main()
