@@ -189,3 +189,13 @@ def test_observe_leaks_no_fd_and_no_mapping(root, backend):
         observe(impl, 4096, ["anonymous", "shmem"], {})
     assert _open_fds() == fds
     assert _mappings() == maps
+
+
+def test_without_root_the_probe_runs_as_self_and_warns(test_user, gather):
+    out = gather({"probe_user": "nobody"}, user=test_user.pw_name, python="/usr/bin/python3")
+    who = out["ansible_facts"]["postcopy"]["probe_user"]
+    assert (who["name"], who["uid"]) == (test_user.pw_name, test_user.pw_uid)
+    assert who["reason"].startswith("asked for nobody")
+    assert out["warnings"] == [
+        "not running as root: probing as %s instead of nobody, the verdict may differ for QEMU's account" % test_user.pw_name
+    ]
