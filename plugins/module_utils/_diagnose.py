@@ -112,10 +112,14 @@ def _access_causes(obs, ctx):
         detail += " under seccomp filter mode %s" % status["seccomp"]
     remedy = None
     if cause == "unprivileged_userfaultfd_sysctl" and not ctx["uses_device"]:
-        remedy = "Set vm.unprivileged_userfaultfd=1 (QEMU %s cannot use /dev/userfaultfd; with QEMU 8.0+ granting the device is the narrower fix)." % ctx["qemu_version"]
+        remedy = (
+            "Set vm.unprivileged_userfaultfd=1 (QEMU %s cannot use /dev/userfaultfd; "
+            "with QEMU 8.0+ granting the device is the narrower fix)." % ctx["qemu_version"]
+        )
     causes = [_cause("userfaultfd", cause, detail, remedy)]
     if not ctx["uses_device"] and device["usable"]:
-        causes.append(_cause("userfaultfd", "qemu_too_old_for_device", "/dev/userfaultfd is usable but QEMU %s only uses the syscall" % ctx["qemu_version"]))
+        detail = "/dev/userfaultfd is usable but QEMU %s only uses the syscall" % ctx["qemu_version"]
+        causes.append(_cause("userfaultfd", "qemu_too_old_for_device", detail))
     elif ctx["uses_device"] and device["present"] and not device["usable"]:
         if device["errno"] in ("EACCES", "EPERM") and device["failed_step"] == "open":
             detail = "open(/dev/userfaultfd) as %s failed with %s (mode %s %s:%s)" % (

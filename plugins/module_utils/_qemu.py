@@ -64,7 +64,7 @@ def validate_binary(path):
     try:
         info = os.stat(path)
     except OSError as exc:
-        raise QemuBinaryError("qemu_binary %s: %s" % (path, os.strerror(exc.errno)))
+        raise QemuBinaryError("qemu_binary %s: %s" % (path, os.strerror(exc.errno))) from None
     if not stat.S_ISREG(info.st_mode):
         raise QemuBinaryError("qemu_binary %s is not a regular file" % path)
     if not info.st_mode & 0o111:

@@ -44,7 +44,7 @@ def _child_main(write_fd, func, account, timeout):
             try:
                 _become(account)
             except OSError as exc:
-                raise ChildError("could not switch to account %s (uid %d): %s" % (account.name, account.uid, os.strerror(exc.errno)))
+                raise ChildError("could not switch to account %s (uid %d): %s" % (account.name, account.uid, os.strerror(exc.errno))) from None
         payload = {"result": func()}
     except BaseException as exc:  # the child must always answer, whatever went wrong
         payload = {"error": str(exc) or exc.__class__.__name__}
@@ -104,7 +104,7 @@ def run_in_child(func, account=None, timeout=10.0, what="probe"):
     try:
         payload = json.loads(data.decode("utf-8"))
     except ValueError:
-        raise ChildError("%s child %s after a truncated result" % (what, _describe_status(status)))
+        raise ChildError("%s child %s after a truncated result" % (what, _describe_status(status))) from None
     if "error" in payload:
         raise ChildError("%s failed: %s" % (what, payload["error"]))
     return payload["result"]

@@ -168,7 +168,7 @@ def nr_userfaultfd(arch=None):
     try:
         return NR_USERFAULTFD[arch]
     except KeyError:
-        raise UnsupportedArch("no userfaultfd syscall number known for architecture %s (known: %s)" % (arch, ", ".join(sorted(NR_USERFAULTFD))))
+        raise UnsupportedArch("no userfaultfd syscall number known for architecture %s (known: %s)" % (arch, ", ".join(sorted(NR_USERFAULTFD)))) from None
 
 
 def mmap_flags(arch=None):

@@ -49,7 +49,7 @@ options:
   qemu_binary:
     description:
       - The QEMU binary whose behaviour to judge. Its version decides whether C(/dev/userfaultfd)
-        counts: QEMU 8.0 and newer open it first, older QEMU only uses the syscall.
+        counts. QEMU 8.0 and newer open it first, older QEMU only uses the syscall.
       - V(auto) looks for C(qemu-system-<arch>) in the system binary directories, then
         C(/usr/libexec/qemu-kvm). When none is found the host is judged as for current QEMU,
         and RV(ansible_facts.postcopy.qemu.note) says so.
@@ -277,7 +277,8 @@ ARGUMENT_SPEC = dict(
     timeout=dict(type="int", default=10),
 )
 
-MIN_PAGE, MAX_PAGE = 1024, 1 << 30
+MIN_PAGE = 1024
+MAX_PAGE = 1 << 30
 MAX_TIMEOUT = 3600
 
 

@@ -6,7 +6,6 @@ CONFIG_USERFAULTFD, SELinux denials, missing ioctls) are described here as obser
 the same dicts the child returns; the real-kernel cases are in test__probe.py."""
 
 import pytest
-
 from ansible_collections.hypervisor.migration.plugins.module_utils._diagnose import (
     CAUSES,
     FEATURES,
@@ -43,7 +42,14 @@ def test_access_cause(errno_name, seccomp, sysctl, cap, user_mode_only, cause):
 
 @pytest.mark.parametrize(
     "errno_name, seccomp, cause",
-    [("EPERM", 2, "seccomp"), ("ENOSYS", 2, "seccomp"), ("EACCES", 0, "lsm"), ("ENOMEM", 2, "resource_limit"), ("EINVAL", 0, "kernel_config"), ("EPERM", 0, "kernel_config")],
+    [
+        ("EPERM", 2, "seccomp"),
+        ("ENOSYS", 2, "seccomp"),
+        ("EACCES", 0, "lsm"),
+        ("ENOMEM", 2, "resource_limit"),
+        ("EINVAL", 0, "kernel_config"),
+        ("EPERM", 0, "kernel_config"),
+    ],
 )
 def test_errno_cause(errno_name, seccomp, cause):
     assert errno_cause(errno_name, seccomp) == cause
@@ -62,7 +68,13 @@ def _obs(**over):
             "syscall": {"usable": True, "errno": None, "user_mode_only_usable": True},
             "used": "syscall",
         },
-        "api": {"ok": True, "errno": None, "step": "handshake", "features": ["MISSING_HUGETLBFS", "MISSING_SHMEM"], "ioctls": ["REGISTER", "UNREGISTER", "API"]},
+        "api": {
+            "ok": True,
+            "errno": None,
+            "step": "handshake",
+            "features": ["MISSING_HUGETLBFS", "MISSING_SHMEM"],
+            "ioctls": ["REGISTER", "UNREGISTER", "API"],
+        },
         "register": {"anonymous": {"ok": True, "errno": None, "step": None, "ioctls": ["WAKE", "COPY", "ZEROPAGE"], "unregister_ok": True}},
     }
     obs.update(over)

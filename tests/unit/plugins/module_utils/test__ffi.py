@@ -7,7 +7,6 @@ import errno
 import os
 
 import pytest
-
 from ansible_collections.hypervisor.migration.plugins.module_utils import _ffi
 from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import O_CLOEXEC, UFFD_API, mmap_flags
 

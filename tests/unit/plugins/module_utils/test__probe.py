@@ -9,7 +9,6 @@ import os
 
 import hostctl
 import pytest
-
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import select_backend
 from ansible_collections.hypervisor.migration.plugins.module_utils._probe import observe
@@ -167,7 +166,7 @@ def test_backends_agree_on_every_condition(test_user, qemu9):
         {"target_page_size": 16384},
     ]
     for params in conditions:
-        pair = hostctl.steady(lambda: [gather_postcopy_facts(dict(params, ffi_backend=b)) for b in BACKENDS], sysctl=0, mode=0o600)
+        pair = hostctl.steady(lambda p=params: [gather_postcopy_facts(dict(p, ffi_backend=b)) for b in BACKENDS], sysctl=0, mode=0o600)
         assert comparable(pair[0]) == comparable(pair[1]), params
 
 

@@ -6,7 +6,6 @@
 import os
 
 import pytest
-
 from ansible_collections.hypervisor.migration.plugins.module_utils import _qemu
 
 QEMU = "/usr/bin/qemu-system-x86_64"

@@ -9,7 +9,6 @@ import signal
 import time
 
 import pytest
-
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import resolve_account
 from ansible_collections.hypervisor.migration.plugins.module_utils._switch import ChildError, run_in_child
 

@@ -7,7 +7,6 @@ Only x86_64 runs here; the other architectures' numbers are computed, not observ
 """
 
 import pytest
-
 from ansible_collections.hypervisor.migration.plugins.module_utils import _uapi
 
 GENERIC = {

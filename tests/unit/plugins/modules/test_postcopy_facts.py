@@ -7,7 +7,6 @@ import json
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.hypervisor.migration.plugins.modules import postcopy_facts
 
 
