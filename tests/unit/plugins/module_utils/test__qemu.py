@@ -64,3 +64,25 @@ def _make(directory, mode):
     path.write_text("#!/bin/sh\n")
     path.chmod(mode)
     return str(path)
+
+
+def test_embedded_version_matches_what_qemu_prints():
+    if not os.access(QEMU, os.X_OK):
+        pytest.skip("qemu-system-x86 not installed")
+    assert _qemu.embedded_version(QEMU) == _qemu.reported_version(QEMU)
+
+
+def test_stand_in_scripts_carry_their_banner(tmp_path):
+    # A script holds the banner text too: both readings agree on it.
+    script = tmp_path / "qemu"
+    script.write_text("#!/bin/sh\necho 'QEMU emulator version 8.0.5'\n")
+    script.chmod(0o755)
+    assert _qemu.embedded_version(str(script)) == _qemu.reported_version(str(script)) == "8.0.5"
+
+
+def test_binary_without_banner_is_asked(tmp_path):
+    script = tmp_path / "qemu"
+    script.write_text("#!/bin/sh\nprintf 'QEMU emulator %s 6.2.0\\n' version\n")
+    script.chmod(0o755)
+    assert _qemu.embedded_version(str(script)) is None
+    assert _qemu.qemu_version(str(script)) == "6.2.0"
