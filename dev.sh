@@ -331,7 +331,9 @@ stage_sanity() {
 }
 
 stage_lint() {
-    ansible-lint
+    local -a color=()
+    [[ -t 1 ]] || color=(--nocolor)  # ansible-lint colours even a log file
+    ansible-lint "${color[@]}"
 }
 
 stage_molecule() {
