@@ -24,7 +24,7 @@ description:
   - The module never changes the host.
   - It can be listed in C(facts_modules) so that C(gather_facts) collects the verdict.
 author:
-  - hypervisor.migration developers
+  - hypervisor.migration developers (@hypervisor-migration)
 options:
   probe_user:
     description:
@@ -52,7 +52,7 @@ options:
         counts. QEMU 8.0 and newer open it first, older QEMU only uses the syscall.
       - V(auto) looks for C(qemu-system-<arch>) in the system binary directories, then
         C(/usr/libexec/qemu-kvm). When none is found the host is judged as for current QEMU,
-        and RV(ansible_facts.postcopy.qemu.note) says so.
+        and the C(note) in RV(ansible_facts.postcopy.qemu) says so.
       - Otherwise an absolute path to a regular executable file that is not writable by every account.
     type: str
     default: auto

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # -*- coding: utf-8 -*-
 # Copyright: contributors to hypervisor.migration
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -323,7 +323,7 @@ def lookup_user(name):
 
 
 def switch_user(pw):
-    groups = [g for g in os.getgrouplist(pw.pw_name, pw.pw_gid)]
+    groups = list(os.getgrouplist(pw.pw_name, pw.pw_gid))
     try:
         os.setgroups(groups)
         os.setgid(pw.pw_gid)

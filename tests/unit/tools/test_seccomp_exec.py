@@ -37,7 +37,7 @@ if fd >= 0:
         out["ioctl_errno"] = exc.errno
     os.close(fd)
 for line in open("/proc/self/status"):
-    key, _, value = line.partition(":")
+    key, _sep, value = line.partition(":")
     if key in ("Seccomp", "NoNewPrivs", "CapEff"):
         out[key] = value.strip()
 out.update(uid=os.getuid(), euid=os.geteuid(), gid=os.getgid(), groups=sorted(os.getgroups()))
@@ -246,7 +246,7 @@ def test_missing_command_is_127():
 
 
 def test_exit_status_of_the_command_passes_through():
-    rc, _ = run_tool(["--deny", "userfaultfd", "--", "sh", "-c", "exit 7"])
+    rc, _output = run_tool(["--deny", "userfaultfd", "--", "sh", "-c", "exit 7"])
     assert rc == 7
 
 

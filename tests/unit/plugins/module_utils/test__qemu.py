@@ -49,7 +49,7 @@ def test_unparsable_version_is_none(tmp_path):
     [
         (lambda d: "relative/qemu", "must be an absolute path or auto"),
         (lambda d: str(d / "absent"), "No such file or directory"),
-        (lambda d: str(d), "is not a regular file"),
+        (str, "is not a regular file"),
         (lambda d: _make(d, 0o644), "is not executable"),
         (lambda d: _make(d, 0o777), "writable by every account"),
     ],
