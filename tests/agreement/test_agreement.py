@@ -1,0 +1,87 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to hypervisor.migration
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""QEMU is the judge: for every condition in agreement_conditions.CONDITIONS, our verdict equals QEMU's.
+
+Three checks per condition and accelerator, each under the condition's real host state:
+
+- test_verdict_agrees_with_qemu: postcopy_supported == QEMU accepted migrate-set-capabilities
+  postcopy-ram (and QEMU still answers what the table says, so the condition is real);
+- test_cause_is_named: where not supported, the missing feature and cause the table expects;
+- test_canary_completes_where_qemu_accepts: a real post-copy migration through the
+  postcopy_canary module finishes with pages requested through userfaultfd.
+"""
+
+import os
+
+import pytest
+from agreement_conditions import ACCEPTS, CONDITIONS
+from agreement_harness import CANARY_MODULE, RESULTS, account_python_matches, canary_plan, measure, run_canary
+
+
+def _params():
+    for cond in CONDITIONS:
+        for accel in cond.accels:
+            marks = [pytest.mark.kvm] if accel == "kvm" else []
+            yield pytest.param(cond, accel, id="%s-%s" % (cond.id, accel), marks=marks)
+
+
+PARAMS = list(_params())
+
+
+def measured(cond, accel, user):
+    """The condition's measurement, taken once per run and shared by the checks below."""
+    key = (cond.id, accel)
+    if key not in RESULTS["measured"]:
+        RESULTS["measured"][key] = measure(cond, user, accel)
+    return RESULTS["measured"][key]
+
+
+def _known_finding(cond, check, differs):
+    """A row listed in FINDINGS for this check: expected to differ (xfail), and fails once it agrees."""
+    if cond.finding_in != check:
+        return
+    if differs:
+        pytest.xfail("known finding: " + cond.finding)
+    pytest.fail("%s is listed in FINDINGS (%s) but now agrees with QEMU: update agreement_conditions.py" % (cond.id, check))
+
+
+@pytest.mark.parametrize("cond,accel", PARAMS)
+def test_verdict_agrees_with_qemu(cond, accel, agreement_user, accel_ready):
+    m = measured(cond, accel, agreement_user)
+    assert m.qemu == cond.qemu, "condition not reproduced: QEMU %s (%s), the table says %s" % (m.qemu, m.qemu_message, cond.qemu)
+    qemu_accepts = m.qemu == ACCEPTS
+    disagreeing = [run for run in m.facts if run.supported != qemu_accepts]
+    _known_finding(cond, "verdict", bool(disagreeing))
+    assert not disagreeing, "DISAGREEMENT: QEMU %s (%s) but the facts say %s" % (
+        m.qemu,
+        m.qemu_message,
+        "; ".join("as %s: supported=%s missing=%s causes=%s" % (r.how, r.supported, r.missing, r.causes) for r in disagreeing),
+    )
+
+
+@pytest.mark.parametrize("cond,accel", [p for p in PARAMS if p.values[0].facts])
+def test_cause_is_named(cond, accel, agreement_user, accel_ready):
+    m = measured(cond, accel, agreement_user)
+    feature, cause = cond.facts.split("/")
+    wrong = [run for run in m.facts if not run.missing or run.missing[0] != feature or cause not in [c["cause"] for c in run.causes if c["feature"] == feature]]
+    _known_finding(cond, "cause", bool(wrong))
+    assert not wrong, "expected %s from %s; got %s" % (feature, cause, "; ".join("as %s: missing=%s causes=%s" % (r.how, r.missing, r.causes) for r in wrong))
+
+
+@pytest.mark.parametrize("cond,accel", [p for p in PARAMS if p.values[0].qemu == ACCEPTS])
+def test_canary_completes_where_qemu_accepts(cond, accel, agreement_user, accel_ready):
+    if not os.path.exists(CANARY_MODULE):
+        pytest.skip("plugins/modules/postcopy_canary.py does not exist yet")
+    if canary_plan(cond, agreement_user)[0] and not account_python_matches():
+        pytest.skip("the test account's /usr/bin/python3 cannot import this interpreter's ansible-core")
+    m = measured(cond, accel, agreement_user)
+    assert m.qemu == ACCEPTS, "QEMU no longer accepts under this condition: %s" % m.qemu_message
+    result = run_canary(cond, agreement_user, accel)
+    RESULTS["canary"][(cond.id, accel)] = result
+    assert not result.get("failed"), "the canary could not run: %s" % result.get("msg")
+    canary = result["ansible_facts"]["postcopy_canary"]
+    assert canary["ok"] is True, "QEMU accepted post-copy but the migration did not complete: %s" % canary
+    assert canary["status"] == "completed", canary
+    assert canary["postcopy_requests"] > 0, "no page was faulted in through userfaultfd: %s" % canary
+    assert canary["accel"] == accel, canary
