@@ -24,7 +24,8 @@ QEMU = qemu_oracle.DEFAULT_QEMU
 TOOLS = os.path.dirname(os.path.abspath(hostctl.__file__))
 GATHER = os.path.join(TOOLS, "gather_facts.py")
 REPO = os.path.abspath(os.path.join(TOOLS, "..", ".."))
-CANARY_MODULE = os.path.join(REPO, "plugins", "modules", "postcopy_canary.py")
+#: the canary module, run as a standalone module process (HVM_AGREEMENT_CANARY: another copy of it)
+CANARY_MODULE = os.environ.get("HVM_AGREEMENT_CANARY") or os.path.join(REPO, "plugins", "modules", "postcopy_canary.py")
 #: interpreter for processes that run as the test account: root's own may sit in /root (0700)
 ACCOUNT_PYTHON = "/usr/bin/python3"
 KVM = "/dev/kvm"

@@ -9,13 +9,15 @@ Three checks per condition and accelerator, each under the condition's real host
   postcopy-ram (and QEMU still answers what the table says, so the condition is real);
 - test_cause_is_named: where not supported, the missing feature and cause the table expects;
 - test_canary_completes_where_qemu_accepts: a real post-copy migration through the
-  postcopy_canary module finishes with pages requested through userfaultfd.
+  postcopy_canary module finishes with pages requested through userfaultfd;
+- test_canary_fails_where_qemu_refuses: and where QEMU refuses, the canary reports ok: false
+  with QEMU's message (not a failed task).
 """
 
 import os
 
 import pytest
-from agreement_conditions import ACCEPTS, CONDITIONS
+from agreement_conditions import ACCEPTS, CONDITIONS, REFUSES
 from agreement_harness import CANARY_MODULE, RESULTS, account_python_matches, canary_plan, measure, run_canary
 
 
@@ -69,19 +71,33 @@ def test_cause_is_named(cond, accel, agreement_user, accel_ready):
     assert not wrong, "expected %s from %s; got %s" % (feature, cause, "; ".join("as %s: missing=%s causes=%s" % (r.how, r.missing, r.causes) for r in wrong))
 
 
-@pytest.mark.parametrize("cond,accel", [p for p in PARAMS if p.values[0].qemu == ACCEPTS])
-def test_canary_completes_where_qemu_accepts(cond, accel, agreement_user, accel_ready):
+def _canary(cond, accel, user):
     if not os.path.exists(CANARY_MODULE):
         pytest.skip("plugins/modules/postcopy_canary.py does not exist yet")
-    if canary_plan(cond, agreement_user)[0] and not account_python_matches():
+    if canary_plan(cond, user)[0] and not account_python_matches():
         pytest.skip("the test account's /usr/bin/python3 cannot import this interpreter's ansible-core")
-    m = measured(cond, accel, agreement_user)
-    assert m.qemu == ACCEPTS, "QEMU no longer accepts under this condition: %s" % m.qemu_message
-    result = run_canary(cond, agreement_user, accel)
+    result = run_canary(cond, user, accel)
     RESULTS["canary"][(cond.id, accel)] = result
     assert not result.get("failed"), "the canary could not run: %s" % result.get("msg")
-    canary = result["ansible_facts"]["postcopy_canary"]
+    return result["ansible_facts"]["postcopy_canary"]
+
+
+@pytest.mark.parametrize("cond,accel", [p for p in PARAMS if p.values[0].qemu == ACCEPTS])
+def test_canary_completes_where_qemu_accepts(cond, accel, agreement_user, accel_ready):
+    m = measured(cond, accel, agreement_user)
+    assert m.qemu == ACCEPTS, "QEMU no longer accepts under this condition: %s" % m.qemu_message
+    canary = _canary(cond, accel, agreement_user)
     assert canary["ok"] is True, "QEMU accepted post-copy but the migration did not complete: %s" % canary
     assert canary["status"] == "completed", canary
     assert canary["postcopy_requests"] > 0, "no page was faulted in through userfaultfd: %s" % canary
     assert canary["accel"] == accel, canary
+
+
+# The canary's guest RAM is always anonymous: a row whose QEMU refuses because of its guest RAM has no canary counterpart.
+@pytest.mark.parametrize("cond,accel", [p for p in PARAMS if p.values[0].qemu == REFUSES and p.values[0].guest == "anonymous"])
+def test_canary_fails_where_qemu_refuses(cond, accel, agreement_user, accel_ready):
+    m = measured(cond, accel, agreement_user)
+    assert m.qemu == REFUSES, "QEMU no longer refuses under this condition"
+    canary = _canary(cond, accel, agreement_user)
+    assert canary["ok"] is False, "QEMU refused post-copy (%s) but the canary migrated: %s" % (m.qemu_message, canary)
+    assert canary.get("error"), "the canary failed without QEMU's message: %s" % canary
