@@ -1,0 +1,300 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: postcopy_canary
+short_description: Prove post-copy live migration works on this host with a real migration between two QEMUs
+version_added: 1.0.0
+description:
+  - Performs a real post-copy live migration of RAM on the host, over a unix socket, between two
+    throw-away QEMU processes started from the host's own QEMU binary as the account QEMU runs as.
+  - The source QEMU boots a tiny guest the module generates (a 512-byte boot sector that keeps writing
+    to every page of its RAM). Pre-copy is throttled so it cannot finish, then C(migrate-start-postcopy)
+    switches to post-copy; the destination runs the guest before its RAM has arrived and faults each
+    missing page in through userfaultfd (RV(ansible_facts.postcopy_canary.postcopy_requests)).
+    The module watches the QMP C(MIGRATION) events of both QEMUs until the migration completes or
+    fails, then checks that the guest still runs, and still changes its memory, on the destination.
+  - A host where post-copy fails is a fact (RV(ansible_facts.postcopy_canary.ok=false) with QEMU's own
+    message in RV(ansible_facts.postcopy_canary.error)), not a failed task. The task fails only when the
+    canary cannot run at all (no QEMU binary, a bad option), with one line saying why.
+  - Both QEMUs run in their own process groups from a private temporary directory. They are killed and
+    reaped and the directory is removed on success, on failure, on timeout, and when the module itself
+    gets C(SIGTERM), C(SIGINT) or C(SIGHUP). If the module is killed outright, QEMU dies with it
+    (parent-death signal); only the temporary directory C(postcopy-canary-*) may then be left behind.
+  - The module never changes the host and never reports a change.
+author:
+  - hypervisor.migration developers (@hypervisor-migration)
+options:
+  qemu_binary:
+    description:
+      - The QEMU binary to start, twice.
+      - V(auto) looks for C(qemu-system-<arch>) in the system binary directories, then C(/usr/libexec/qemu-kvm).
+      - Otherwise an absolute path to a regular executable file that is not writable by every account.
+      - The guest is x86 machine code, so this must be an x86 QEMU (C(qemu-system-x86_64) or C(qemu-system-i386)).
+    type: str
+    default: auto
+    version_added: 1.0.0
+  run_as:
+    description:
+      - The account both QEMUs run as, by name or numeric uid; the same resolution as the
+        O(hypervisor.migration.postcopy_facts#module:probe_user) option of M(hypervisor.migration.postcopy_facts).
+      - V(auto) takes C(user) from C(/etc/libvirt/qemu.conf) when set, else the first existing
+        of C(qemu) and C(libvirt-qemu), else the module's own account.
+      - Any account other than the module's own needs root (C(become)).
+    type: str
+    default: auto
+    version_added: 1.0.0
+  accel:
+    description:
+      - The QEMU accelerator.
+      - V(auto) is V(kvm) when C(/dev/kvm) is a character device that O(run_as) may open read-write
+        (by its mode, owner and group, the account's groups included), else V(tcg).
+      - V(kvm) on a host where KVM does not work gives RV(ansible_facts.postcopy_canary.ok=false) with QEMU's message.
+    type: str
+    choices: [auto, kvm, tcg]
+    default: auto
+    version_added: 1.0.0
+  memory_mb:
+    description:
+      - Guest RAM in MiB, between 16 and 65536. The guest writes to every page of the first 2 GiB.
+      - Both QEMUs may allocate this much, so up to twice this much memory is used for a moment.
+    type: int
+    default: 256
+    version_added: 1.0.0
+  timeout:
+    description:
+      - Seconds the whole canary may take, QEMU start and guest boot included, between 1 and 3600.
+      - When it runs out, both QEMUs are killed and RV(ansible_facts.postcopy_canary.error) says which step was late.
+    type: int
+    default: 60
+    version_added: 1.0.0
+  sandbox:
+    description:
+      - Start QEMU with the seccomp sandbox libvirt uses by default
+        (C(-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny)),
+        so the canary sees what a libvirt-started QEMU sees.
+    type: bool
+    default: true
+    version_added: 1.0.0
+extends_documentation_fragment: []
+attributes:
+  check_mode:
+    support: partial
+    description:
+      - Starts nothing and creates nothing; returns the QEMU command lines it would run, with
+        RV(ansible_facts.postcopy_canary.ok) null. The work directory is shown as C(<workdir>).
+  diff_mode:
+    support: none
+    description: Nothing changes, so there is nothing to diff.
+  facts:
+    support: full
+    description: Returns C(ansible_facts.postcopy_canary).
+notes:
+  - Requires Linux and an x86 QEMU. Switching to O(run_as) needs root.
+  - QEMU inherits the module's seccomp filter and LSM label. A QEMU started by libvirt may run under
+    others (an SELinux or AppArmor profile of its own), which this canary does not reproduce.
+  - Uses a QMP client of its own (standard library only); QEMU's Python packages are not needed.
+requirements:
+  - Python 3.8 or newer on the managed host.
+  - An x86 QEMU (Debian and Ubuntu C(qemu-system-x86), Fedora and RHEL C(qemu-kvm)).
+seealso:
+  - module: hypervisor.migration.postcopy_facts
+  - name: QEMU post-copy migration
+    description: How post-copy works in QEMU.
+    link: https://www.qemu.org/docs/master/devel/migration/postcopy.html
+"""
+
+EXAMPLES = r"""
+- name: Migrate a throw-away guest with post-copy, as QEMU's account
+  hypervisor.migration.postcopy_canary:
+
+- name: Say what QEMU found
+  ansible.builtin.debug:
+    msg: >-
+      {{ 'post-copy works: %d page requests, %d ms' % (ansible_facts.postcopy_canary.postcopy_requests, ansible_facts.postcopy_canary.total_time_ms)
+         if ansible_facts.postcopy_canary.ok else 'post-copy fails: ' ~ ansible_facts.postcopy_canary.error }}
+
+- name: Enable post-copy only where QEMU proved it works
+  ansible.builtin.debug:
+    msg: post-copy can be enabled on this host
+  when: ansible_facts.postcopy_canary.ok
+
+- name: Confirm the facts' verdict with QEMU, under TCG, as libvirt's account
+  hypervisor.migration.postcopy_canary:
+    run_as: libvirt-qemu
+    accel: tcg
+    memory_mb: 512
+    timeout: 120
+  become: true
+  when: ansible_facts.postcopy_supported
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: Facts to add to C(ansible_facts).
+  returned: always
+  type: complex
+  contains:
+    postcopy_canary:
+      description: The outcome of the canary migration. Every key is always present, null when unknown.
+      returned: always
+      type: dict
+      contains:
+        ok:
+          description:
+            - Whether the post-copy migration completed, went through C(postcopy-active), and left the guest
+              running and writing on the destination. Null in check mode.
+          returned: always
+          type: bool
+          sample: true
+        status:
+          description:
+            - The source's last migration status, as QEMU names it (C(completed), C(failed), C(active),
+              C(postcopy-active), C(postcopy-paused), ...); C(none) when no migration started.
+          returned: always
+          type: str
+          sample: completed
+        error:
+          description:
+            - Why post-copy did not work, in QEMU's words where QEMU gave any (its QMP error, with what it
+              wrote to stderr in parentheses), or which step timed out. Null when RV(ansible_facts.postcopy_canary.ok) is true.
+          returned: always
+          type: str
+          sample: "Postcopy is not supported (postcopy_ram_supported_by_host: userfaultfd not available: Operation not permitted)"
+        postcopy_active_seen:
+          description: Whether either QEMU reported the C(postcopy-active) migration status.
+          returned: always
+          type: bool
+          sample: true
+        total_time_ms:
+          description: The migration's total time as the source QEMU reports it, in milliseconds.
+          returned: always
+          type: int
+          sample: 438
+        downtime_ms:
+          description: How long the guest was paused for the switch-over, as the source QEMU reports it, in milliseconds.
+          returned: always
+          type: int
+          sample: 1
+        setup_time_ms:
+          description: The migration's setup time as the source QEMU reports it, in milliseconds.
+          returned: always
+          type: int
+          sample: 1
+        postcopy_requests:
+          description: Pages the destination faulted on and requested from the source during post-copy (C(ram.postcopy-requests) of the source).
+          returned: always
+          type: int
+          sample: 1446
+        pages_transferred:
+          description: Whole pages sent (C(ram.normal) of the source); zero pages travel as markers and are not counted.
+          returned: always
+          type: int
+          sample: 65740
+        bytes_transferred:
+          description: Bytes of RAM migration stream sent (C(ram.transferred) of the source).
+          returned: always
+          type: int
+          sample: 269799809
+        guest_running_after:
+          description: Whether the guest was running on the destination afterwards and its pass counter in RAM still advanced.
+          returned: always
+          type: bool
+          sample: true
+        wall_time_ms:
+          description: Wall time of the whole canary, QEMU start, guest boot and cleanup included, in milliseconds. Null in check mode.
+          returned: always
+          type: float
+          sample: 1414.3
+        qemu_binary:
+          description: The QEMU binary started.
+          returned: always
+          type: str
+          sample: /usr/bin/qemu-system-x86_64
+        qemu_version:
+          description: Its version, null when it cannot be told.
+          returned: always
+          type: str
+          sample: 7.2.22
+        accel:
+          description: The accelerator used, V(kvm) or V(tcg) (O(accel=auto) resolved).
+          returned: always
+          type: str
+          sample: kvm
+        memory_mb:
+          description: Guest RAM in MiB.
+          returned: always
+          type: int
+          sample: 256
+        sandbox:
+          description: Whether QEMU ran with libvirt's seccomp sandbox options.
+          returned: always
+          type: bool
+          sample: true
+        run_as:
+          description: The account QEMU ran as, with C(name), C(uid), C(gid), C(groups), C(source) (V(auto) or V(option)) and C(reason).
+          returned: always
+          type: dict
+          sample: {"name": "libvirt-qemu", "uid": 64055, "gid": 994, "groups": [994, 993], "source": "auto", "reason": "account libvirt-qemu exists"}
+        commands:
+          description: The QEMU command lines, as lists, keyed C(source) and C(destination); empty when QEMU was never started.
+          returned: always
+          type: dict
+          sample:
+            source: [/usr/bin/qemu-system-x86_64, -accel, kvm, -m, "256", -display, none, -nodefaults, "..."]
+            destination: [/usr/bin/qemu-system-x86_64, -accel, kvm, "...", -incoming, defer]
+"""
+
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hypervisor.migration.plugins.module_utils._canary import (
+    ACCEL_CHOICES,
+    CanaryError,
+    CanaryInterrupted,
+    make_settings,
+    planned_facts,
+    run_canary,
+)
+
+ARGUMENT_SPEC = dict(
+    qemu_binary=dict(type="str", default="auto"),
+    run_as=dict(type="str", default="auto"),
+    accel=dict(type="str", choices=list(ACCEL_CHOICES), default="auto"),
+    memory_mb=dict(type="int", default=256),
+    timeout=dict(type="int", default=60),
+    sandbox=dict(type="bool", default=True),
+)
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def _canary_facts(module):
+    settings = make_settings(**{name: module.params[name] for name in ARGUMENT_SPEC})
+    if module.check_mode:
+        return planned_facts(settings)
+    return run_canary(settings)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        facts = _canary_facts(module)
+    except (CanaryError, CanaryInterrupted) as exc:
+        module.fail_json(msg=_one_line(exc))
+    except Exception as exc:  # last resort: a bug must still end the task in one line (-vvv shows where)
+        module.fail_json(msg="postcopy_canary failed unexpectedly: %s: %s" % (exc.__class__.__name__, _one_line(exc)), exception=traceback.format_exc())
+    module.exit_json(changed=False, ansible_facts={"postcopy_canary": facts})
+
+
+if __name__ == "__main__":
+    main()
