@@ -102,6 +102,7 @@ _GUEST_READY_PASSES = 2
 _POLL = 0.01
 _GUEST_CHANGE_WAIT = 2.0
 _REAP_TIMEOUT = 10.0
+_EXIT_GRACE = 2.0
 _STDERR_LINES = 3
 _INTERRUPT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 _FINAL_STATUSES = ("completed", "failed", "cancelled", "postcopy-paused")
@@ -521,6 +522,12 @@ class _Workspace:
     def alive(self, role):
         return self.processes[role].poll() is None
 
+    def wait_exit(self, role, timeout):
+        try:
+            self.processes[role].wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
     def qemu_words(self, role):
         """What QEMU wrote to stderr, warnings left out, as one line; None when nothing."""
         try:
@@ -609,6 +616,16 @@ def _parse_xp(text):
         return None, None
 
 
+@contextlib.contextmanager
+def _blame(role):
+    """Mark a QMP failure with the QEMU it came from, whose stderr then explains it."""
+    try:
+        yield
+    except QMPError as exc:
+        exc.role = role
+        raise
+
+
 class _Canary:
     """One run: two QEMUs in a workspace, driven over QMP until the migration ends."""
 
@@ -636,7 +653,8 @@ class _Canary:
         for role in ("source", "destination"):
             self.step = "waiting for the %s QEMU's QMP socket" % role
             self.qmp[role] = QMPClient(paths[role])
-            self.qmp[role].connect(self.left(), alive=lambda role=role: self.workspace.alive(role))
+            with _blame(role):
+                self.qmp[role].connect(self.left(), alive=lambda role=role: self.workspace.alive(role))
         self._enable_postcopy(paths["migration"])
         self._wait_guest_writing()
         self._migrate(paths["migration"])
@@ -647,11 +665,8 @@ class _Canary:
             client.close()
 
     def _execute(self, role, command, arguments=None):
-        try:
+        with _blame(role):
             return self.qmp[role].execute(command, arguments, timeout=self.left())
-        except QMPCommandError as exc:
-            exc.role = role
-            raise
 
     def _enable_postcopy(self, uri):
         self.step = "enabling post-copy"
@@ -687,7 +702,8 @@ class _Canary:
                 self.facts["status"] = status
             return status in wanted or status in _FINAL_STATUSES
 
-        event = self.qmp[role].wait_event(match, self.left())
+        with _blame(role):
+            event = self.qmp[role].wait_event(match, self.left())
         return event["data"]["status"]
 
     def _migrate(self, uri):
@@ -751,11 +767,10 @@ def _error_text(canary, exc):
         return "%s (%s)" % (exc, words) if words else str(exc)
     if isinstance(exc, QMPTimeout):
         return "timed out after %d s %s" % (canary.settings.timeout, canary.step)
-    if isinstance(exc, QMPClosed):
-        for role in ("source", "destination"):
-            if not canary.workspace.alive(role):
-                words = canary.workspace.qemu_words(role)
-                return words or "the %s QEMU exited while %s" % (role, canary.step)
+    if isinstance(exc, QMPClosed) and getattr(exc, "role", None):
+        # The socket closes a moment before the process is gone and its stderr complete.
+        canary.workspace.wait_exit(exc.role, _EXIT_GRACE)
+        return canary.workspace.qemu_words(exc.role) or "the %s QEMU exited while %s" % (exc.role, canary.step)
     return str(exc)
 
 
