@@ -24,8 +24,9 @@ QEMU = qemu_oracle.DEFAULT_QEMU
 TOOLS = os.path.dirname(os.path.abspath(hostctl.__file__))
 GATHER = os.path.join(TOOLS, "gather_facts.py")
 REPO = os.path.abspath(os.path.join(TOOLS, "..", ".."))
-#: the canary module, run as a standalone module process (HVM_AGREEMENT_CANARY: another copy of it)
-CANARY_MODULE = os.environ.get("HVM_AGREEMENT_CANARY") or os.path.join(REPO, "plugins", "modules", "postcopy_canary.py")
+#: the canary's driver (what plugins/modules/postcopy_canary.py runs), and our runner for it
+CANARY_DRIVER = os.path.join(REPO, "plugins", "module_utils", "_canary.py")
+CANARY_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "canary_run.py")
 #: interpreter for processes that run as the test account: root's own may sit in /root (0700)
 ACCOUNT_PYTHON = "/usr/bin/python3"
 KVM = "/dev/kvm"
@@ -67,24 +68,6 @@ def collections_path():
         if os.path.isdir(os.path.join(path, "ansible_collections", "hypervisor", "migration", "plugins")):
             return os.path.abspath(path)
     return None
-
-
-def ansible_site_packages():
-    """Where ansible-core is installed, for running a module with the test account's interpreter."""
-    try:
-        import ansible
-    except ImportError:
-        return None
-    return os.path.dirname(os.path.dirname(os.path.abspath(ansible.__file__)))
-
-
-def account_python_matches():
-    """Whether ACCOUNT_PYTHON can import this interpreter's ansible (same major.minor)."""
-    try:
-        out = subprocess.run([ACCOUNT_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], stdout=subprocess.PIPE, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return out.stdout.decode().strip() == "%d.%d" % sys.version_info[:2]
 
 
 def kvm_usable():
@@ -266,7 +249,7 @@ def measure(cond, user, accel):
 
 
 # ------------------------------------------------------------------------------------------------
-# the canary (plugins/modules/postcopy_canary.py, run as a standalone module process)
+# the canary (module_utils/_canary.py through canary_run.py, in a process of its own)
 
 
 def canary_plan(cond, user):
@@ -279,19 +262,14 @@ def canary_plan(cond, user):
 
 
 def run_canary(cond, user, accel, timeout=90):
-    """The canary module's JSON result, run under the row's filter and wrapper (and account)."""
-    collections = collections_path()
+    """The canary's result as the module returns it, run under the row's filter and wrapper (and account)."""
     as_account, run_as = canary_plan(cond, user)
-    paths = [collections]
-    python = sys.executable
-    if as_account:
-        python = ACCOUNT_PYTHON
-        paths.append(ansible_site_packages())
-    args = {"ANSIBLE_MODULE_ARGS": {"qemu_binary": QEMU, "run_as": run_as, "accel": accel, "timeout": 60}}
-    command = wrapper(cond, user, as_account) + [python, CANARY_MODULE, json.dumps(args)]
+    python = ACCOUNT_PYTHON if as_account else sys.executable
+    params = {"qemu_binary": QEMU, "run_as": run_as, "accel": accel, "timeout": 60}
+    command = wrapper(cond, user, as_account) + [python, CANARY_RUN, json.dumps(params)]
 
     def once():
-        return _run(command, _env(paths), timeout, "postcopy_canary")
+        return _run(command, _env([collections_path()]), timeout, "canary_run.py")
 
     with host_state(cond, accel, user):
         proc = under(cond, once)
@@ -299,7 +277,7 @@ def run_canary(cond, user, accel, timeout=90):
         return json.loads(proc.stdout.decode())
     except ValueError:
         raise HarnessError(
-            "postcopy_canary exited %d without JSON: %s %s"
+            "canary_run.py exited %d without JSON: %s %s"
             % (proc.returncode, proc.stdout.decode("utf-8", "replace")[-1000:], proc.stderr.decode("utf-8", "replace")[-2000:])
         ) from None
 

@@ -29,9 +29,9 @@ Debian's real QEMU:
    (a test account's rows twice: from root through `probe_user`, as in production, and as
    the account itself). The suite asserts `postcopy_supported` equals QEMU's answer, and that
    the missing feature and cause are the expected ones.
-4. Where QEMU accepts, `postcopy_canary` runs a real post-copy migration between two QEMUs
-   under the same condition; it must complete with pages faulted in through userfaultfd
-   (`postcopy_requests > 0`). Its guest RAM is always anonymous (the canary has no memory
+4. Where QEMU accepts, the `postcopy_canary` driver (what the module runs) performs a real
+   post-copy migration between two QEMUs under the same condition; it must complete with
+   pages faulted in through userfaultfd (`postcopy_requests > 0`). Its guest RAM is always anonymous (the canary has no memory
    backend option), so on the shared-memory and huge-page rows it vouches for the account
    and filter, not for the backing. Where QEMU refuses, the canary must say `ok: false`
    with QEMU's message.
@@ -53,6 +53,10 @@ def _qemu_cell(measurements):
         else:
             cells.append("refuses: %s" % _clip(message))
     return "<br>".join(cells)
+
+
+def _ms(value):
+    return "?" if value is None else "%.0f" % value
 
 
 def _clip(text, limit=160):
@@ -101,7 +105,10 @@ def _canary_cell(cond, canaries, accels):
         if result.get("failed"):
             cells.append("%s: **could not run** %s" % (accel.upper(), _clip(result.get("msg"), 120)))
         elif cond.qemu == ACCEPTS and canary.get("ok"):
-            cells.append("%s: %s, %s requests, %s ms" % (accel.upper(), canary.get("status"), canary.get("postcopy_requests"), canary.get("total_time_ms")))
+            cells.append(
+                "%s: %s, %s page requests, %s ms (wall %s ms)"
+                % (accel.upper(), canary.get("status"), canary.get("postcopy_requests"), canary.get("total_time_ms"), _ms(canary.get("wall_time_ms")))
+            )
         elif cond.qemu == ACCEPTS:
             cells.append("%s: **FAILED** %s" % (accel.upper(), _clip(canary.get("error"), 120)))
         elif canary.get("ok") is False:
