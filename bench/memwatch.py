@@ -1,0 +1,115 @@
+# -*- coding: utf-8 -*-
+# Copyright: hypervisor.migration contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run a command and record the peak memory of its whole process tree.
+
+    python memwatch.py OUT.jsonl -- ansible-playbook ...
+
+Polls /proc (no psutil needed) every INTERVAL seconds and appends one JSON line to OUT:
+``controller_peak`` is the peak of the summed RSS of the processes that are Ansible itself
+(the top-most ansible-playbook process in the tree and its forked workers, which share its
+command line); ``tree_peak`` adds
+everything they started (with the local connection: the module processes); ``main_peak`` is the
+ansible-playbook process alone. Exits with the command's status.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+INTERVAL = 0.1
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _children_map():
+    parents = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: fields start after the last ')'.
+        fields = stat[stat.rindex(b")") + 2:].split()
+        parents.setdefault(int(fields[1]), []).append(int(name))
+    return parents
+
+
+def _tree(root):
+    """The pids of root and its descendants, parents before children."""
+    parents = _children_map()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        out.append(pid)
+        todo.extend(parents.get(pid, ()))
+    return out
+
+
+def _rss(pid):
+    try:
+        with open("/proc/%d/statm" % pid, "rb") as handle:
+            return int(handle.read().split()[1]) * PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _cmdline(pid):
+    # Not cached: a pid changes its command line when it execs (time, then env, then Ansible).
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def _is_ansible(cmdline):
+    """ansible-playbook itself (python .../ansible-playbook ...), not time or env on their way to it."""
+    parts = cmdline.split(b"\0")
+    return any(p.endswith(b"/ansible-playbook") for p in parts[:2]) and not parts[0].endswith((b"/env", b"/time"))
+
+
+def watch(argv, out_path, interval=INTERVAL):
+    start = time.monotonic()
+    proc = subprocess.Popen(argv)
+    main_cmd = main_pid = None
+    peaks = {"controller_peak": 0, "tree_peak": 0, "main_peak": 0, "samples": 0, "max_processes": 0}
+    while proc.poll() is None:
+        pids = _tree(proc.pid)
+        if main_cmd is None:
+            main_pid = next((pid for pid in pids if _is_ansible(_cmdline(pid))), None)
+            if main_pid is not None:
+                main_cmd = _cmdline(main_pid)
+        controller = tree = 0
+        for pid in pids:
+            rss = _rss(pid)
+            tree += rss
+            if _cmdline(pid) == main_cmd:
+                controller += rss
+        peaks["controller_peak"] = max(peaks["controller_peak"], controller)
+        peaks["tree_peak"] = max(peaks["tree_peak"], tree)
+        if main_pid is not None:
+            peaks["main_peak"] = max(peaks["main_peak"], _rss(main_pid))
+        peaks["max_processes"] = max(peaks["max_processes"], len(pids))
+        peaks["samples"] += 1
+        time.sleep(interval)
+    peaks["wall"] = time.monotonic() - start
+    peaks["rc"] = proc.returncode
+    with open(out_path, "a") as handle:
+        handle.write(json.dumps(peaks) + "\n")
+    return proc.returncode
+
+
+def main(args):
+    if len(args) < 3 or args[1] != "--":
+        sys.stderr.write("usage: memwatch.py OUT.jsonl -- COMMAND...\n")
+        return 2
+    return watch(args[2:], args[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
