@@ -556,7 +556,7 @@ def exit_status(rows):
 
 def noise_note(info):
     cores = info.get("cores") or 1
-    loads = [x for x in (info.get("loadavg_start") or [])[:1] + (info.get("loadavg_end") or [])[:1]]
+    loads = (info.get("loadavg_start") or [])[:1] + (info.get("loadavg_end") or [])[:1]
     busiest = max(loads) if loads else 0
     if busiest > cores * 0.75:
         return ("NOTE: the machine was busy (1-minute load average up to %.1f on %d cores) with work other than this benchmark: "

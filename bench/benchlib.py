@@ -46,6 +46,10 @@ def rel_spread(values):
     return (quantile(values, 0.75) - quantile(values, 0.25)) / 2.0 / mid
 
 
+def _resampled_median(rng, values):
+    return median([rng.choice(values) for _value in values])
+
+
 def ratio_interval(ours, base, seed=1):
     """(ratio of medians, low, high): a 95% bootstrap interval, resampling each side's runs."""
     ratio = median(ours) / median(base)
@@ -53,10 +57,8 @@ def ratio_interval(ours, base, seed=1):
         return ratio, ratio, ratio
     rng = random.Random(seed)
     ratios = []
-    for _ in range(BOOTSTRAP_SAMPLES):
-        a = median([rng.choice(ours) for _ in ours])
-        b = median([rng.choice(base) for _ in base])
-        ratios.append(a / b)
+    for _sample in range(BOOTSTRAP_SAMPLES):
+        ratios.append(_resampled_median(rng, ours) / _resampled_median(rng, base))
     return ratio, quantile(ratios, CI_LOW), quantile(ratios, CI_HIGH)
 
 
@@ -67,8 +69,8 @@ def diff_interval(ours, base, seed=1):
         return diff, diff, diff
     rng = random.Random(seed)
     diffs = []
-    for _ in range(BOOTSTRAP_SAMPLES):
-        diffs.append(median([rng.choice(ours) for _ in ours]) - median([rng.choice(base) for _ in base]))
+    for _sample in range(BOOTSTRAP_SAMPLES):
+        diffs.append(_resampled_median(rng, ours) - _resampled_median(rng, base))
     return diff, quantile(diffs, CI_LOW), quantile(diffs, CI_HIGH)
 
 
@@ -205,7 +207,7 @@ def render_table(rows, markdown=False):
     header = ["figure", "ours", "baseline", "ratio (95% CI)", "goal", "pass", "CPU ratio (95% CI)"]
     body = [[row.get(k, "") or "-" for k in ("figure", "ours", "baseline", "ratio", "goal", "pass", "cpu")] for row in rows]
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _name in header) + "|"]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in body]
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
