@@ -63,7 +63,7 @@ options:
     version_added: 1.0.0
   memory_mb:
     description:
-      - Guest RAM in MiB, between 16 and 65536. The guest writes to every page of the first 2 GiB.
+      - Guest RAM in MiB, between 16 and 65536. The guest writes to every page from 1 MiB up to the end of its RAM, or to 2 GiB.
       - Both QEMUs may allocate this much, so up to twice this much memory is used for a moment.
     type: int
     default: 256
@@ -87,7 +87,8 @@ extends_documentation_fragment: []
 attributes:
   check_mode:
     support: partial
-    description:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    details:
       - Starts nothing and creates nothing; returns the QEMU command lines it would run, with
         RV(ansible_facts.postcopy_canary.ok) null. The work directory is shown as C(<workdir>).
   diff_mode:
