@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import Any, Dict, List, NamedTuple, Optional
 
 import hostctl  # tests/tools, put on sys.path by conftest.py
@@ -112,9 +113,59 @@ def host_state(cond, accel, user):
         yield
 
 
-def under(cond, func):
-    """func() with the row's sysctl and device mode, retaken if a concurrent run moved them."""
-    return hostctl.steady(func, sysctl=cond.sysctl, mode=cond.device)
+class _Watch(object):
+    """Polls the knobs while a measurement runs: another run may flip them and put them back in between.
+
+    hostctl.steady compares them once, at the end; a concurrent test that sets the sysctl to 0
+    and restores our 1 a moment later would go unnoticed, and QEMU or the probe would have seen 0.
+    """
+
+    INTERVAL = 0.002
+
+    def __init__(self, sysctl, mode):
+        self.wanted = (sysctl, mode)
+        self.moved = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="agreement-knob-watch", daemon=True)
+
+    @staticmethod
+    def _now():
+        info = os.stat(hostctl.DEVICE)
+        return (hostctl.read_sysctl(), info.st_mode & 0o7777), info.st_gid
+
+    def _poll(self):
+        group = self._now()[1]
+        while not self._stop.is_set():
+            knobs, now_group = self._now()
+            if knobs != self.wanted or now_group != group:
+                self.moved = "sysctl %s, /dev/userfaultfd %04o gid %d" % (knobs[0], knobs[1], now_group)
+                return
+            self._stop.wait(self.INTERVAL)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
+def under(cond, func, attempts=8):
+    """func() with the row's sysctl and device mode, taken again whenever a concurrent run touched them meanwhile."""
+    def watched():
+        with _Watch(cond.sysctl, cond.device) as watch:
+            result = func()
+        return result, watch.moved
+
+    seen = []
+    for _attempt in range(attempts):
+        result, moved = hostctl.steady(watched, sysctl=cond.sysctl, mode=cond.device)
+        if moved is None:
+            return result
+        seen.append(moved)
+    raise HarnessError("another run kept changing the host under this condition: %s" % "; ".join(seen))
 
 
 # ------------------------------------------------------------------------------------------------

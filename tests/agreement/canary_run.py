@@ -15,7 +15,7 @@ ansible_collections/hypervisor/migration.
 import json
 import sys
 
-from ansible_collections.hypervisor.migration.plugins.module_utils._canary import CanaryError, make_settings, run_canary
+from ansible_collections.hypervisor.migration.plugins.module_utils._canary import CanaryError, CanaryInterrupted, make_settings, run_canary
 
 
 def main():
@@ -23,7 +23,7 @@ def main():
     try:
         settings = make_settings(**params)
         result = {"changed": False, "ansible_facts": {"postcopy_canary": run_canary(settings)}}
-    except CanaryError as exc:
+    except (CanaryError, CanaryInterrupted) as exc:  # as postcopy_canary's main() does
         result = {"failed": True, "msg": str(exc)}
     json.dump(result, sys.stdout)
 
