@@ -16,7 +16,8 @@ description:
   - Performs a real post-copy live migration of RAM on the host, over a unix socket, between two
     throw-away QEMU processes started from the host's own QEMU binary as the account QEMU runs as.
   - The source QEMU boots a tiny guest the module generates (a 512-byte boot sector that keeps writing
-    to every page of its RAM). Pre-copy is throttled so it cannot finish, then C(migrate-start-postcopy)
+    to every page of its RAM, loaded by a 64 KiB firmware image of its own instead of SeaBIOS, so that
+    it starts at once even under nested KVM and needs no disk). Pre-copy is throttled so it cannot finish, then C(migrate-start-postcopy)
     switches to post-copy; the destination runs the guest before its RAM has arrived and faults each
     missing page in through userfaultfd (RV(ansible_facts.postcopy_canary.postcopy_requests)).
     The module watches the QMP C(MIGRATION) events of both QEMUs until the migration completes or

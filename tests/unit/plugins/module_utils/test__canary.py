@@ -92,24 +92,56 @@ def test_boot_sector_disassembles_to_the_intended_code(tmp_path):
     assert sector[0x70:0x76] == (23).to_bytes(2, "little") + (0x7C58).to_bytes(4, "little")
 
 
-def _disassemble(image, machine, start, stop):
+def _disassemble(image, machine, start, stop, origin=0x7C00):
     out = subprocess.run(
-        ["objdump", "-D", "-b", "binary", "-m", machine, "--adjust-vma=0x7c00", "--start-address=%d" % start, "--stop-address=%d" % stop, str(image)],
+        ["objdump", "-D", "-b", "binary", "-m", machine, "--adjust-vma=%d" % origin, "--start-address=%d" % start, "--stop-address=%d" % stop, str(image)],
         stdout=subprocess.PIPE,
         check=True,
     ).stdout.decode()
-    lines = [line.split("\t") for line in out.splitlines() if line.startswith("    7c")]
+    lines = [line.split("\t") for line in out.splitlines() if line.startswith("  ") and ":\t" in line]
     return [" ".join(fields[2].split()) for fields in lines if len(fields) > 2]
+
+
+@pytest.mark.parametrize("memory_mb", [16, 256])
+def test_firmware_is_a_64k_rom_holding_the_sector(memory_mb):
+    rom = _canary.firmware(memory_mb)
+    assert len(rom) == 0x10000
+    assert rom[0x100:0x300] == _canary.boot_sector(memory_mb)
+    # The reset vector, the image's last 16 bytes, jumps to the loader at its start.
+    assert rom[0xFFF0:0xFFF5] == bytes([0xEA, 0x00, 0x00, 0x00, 0xF0])
+
+
+@pytest.mark.skipif(not shutil.which("objdump"), reason="needs objdump (binutils)")
+def test_firmware_loader_copies_the_sector_to_7c00_and_jumps_there(tmp_path):
+    image = tmp_path / "firmware.bin"
+    image.write_bytes(_canary.firmware(256))
+    assert _disassemble(image, "i8086", 0, 0x26, origin=0) == [
+        "cli",
+        "mov %cr0,%eax",
+        "and $0x9fffffff,%eax",
+        "mov %eax,%cr0",
+        "xor %ax,%ax",
+        "mov %ax,%es",
+        "mov $0xf000,%ax",
+        "mov %ax,%ds",
+        "mov $0x100,%si",
+        "mov $0x7c00,%di",
+        "mov $0x200,%cx",
+        "cld",
+        "rep movsb %ds:(%si),%es:(%di)",
+        "ljmp $0x0,$0x7c00",
+    ]
+    assert _disassemble(image, "i8086", 0xFFF0, 0xFFF5, origin=0) == ["ljmp $0xf000,$0x0"]
 
 
 @needs_qemu
 def test_the_guest_boots_and_writes_every_page(canary_tmp):
-    image = os.path.join(canary_tmp, "boot.img")
+    image = os.path.join(canary_tmp, "firmware.bin")
     with open(image, "wb") as handle:
-        handle.write(_canary.boot_sector(32))
+        handle.write(_canary.firmware(32))
     sock = os.path.join(canary_tmp, "qmp.sock")
     argv = [QEMU, "-accel", "tcg", "-m", "32", "-display", "none", "-nodefaults", "-no-user-config", "-serial", "none"]
-    argv += ["-drive", "file=%s,format=raw,if=ide" % image, "-qmp", "unix:%s,server=on,wait=off" % sock]
+    argv += ["-bios", image, "-qmp", "unix:%s,server=on,wait=off" % sock]
     process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with QMPClient(sock) as qmp:
@@ -353,13 +385,25 @@ def test_stderr_of_a_qemu_that_exits_at_start_is_the_error(canary_tmp, tmp_path,
 
 
 @needs_qemu
-def test_timeout_kills_everything_and_names_the_late_step(canary_tmp, root):
+def test_timeout_kills_real_qemus(canary_tmp, root):
     started = time.monotonic()
-    # Under TCG the first pass over 2 GiB takes seconds: the deadline falls inside it.
+    # Booting a 2 GiB guest, writing all of it and migrating it takes well over a second.
     facts = _canary.run_canary(_canary.make_settings(run_as="root", accel="tcg", memory_mb=2048, timeout=1))
     assert time.monotonic() - started < 5
     assert facts["ok"] is False
-    assert facts["error"] == "timed out after 1 s waiting for the guest to boot and write every page once"
+    assert facts["error"].startswith("timed out after 1 s ")
+
+
+def test_timeout_names_the_late_step(canary_tmp, tmp_path, root):
+    # A "QEMU" that never opens its QMP socket.
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && exec echo 'QEMU emulator version 7.2.0'\nexec sleep 60\n")
+    fake.chmod(0o755)
+    facts = _canary.run_canary(_canary.make_settings(qemu_binary=str(fake), run_as="root", accel="tcg", timeout=1))
+    assert facts["ok"] is False
+    assert facts["status"] == "none"
+    assert facts["error"] == "timed out after 1 s waiting for the source QEMU's QMP socket"
+    assert facts["qemu_version"] == "7.2.0"
 
 
 @needs_qemu

@@ -80,7 +80,7 @@ def test_check_mode_reports_the_commands_and_starts_nothing(capsys, canary_tmp, 
     assert facts["error"] is None
     assert facts["commands"]["source"][:5] == [QEMU, "-accel", "tcg", "-m", "64"]
     assert facts["commands"]["destination"][-2:] == ["-incoming", "defer"]
-    assert "file=<workdir>/boot.img,format=raw,if=ide" in facts["commands"]["source"]
+    assert "<workdir>/firmware.bin" in facts["commands"]["source"]
     assert os.listdir(canary_tmp) == []
 
 
