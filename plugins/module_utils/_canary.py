@@ -98,8 +98,8 @@ _RESET_VECTOR_OFFSET = 0xFFF0  # the CPU starts at F000:FFF0, the image's last 1
 _CODE_SELECTOR = 0x08
 _DATA_SELECTOR = 0x10
 
-# Pre-copy at 16 MiB/s cannot finish a guest that dirties every page hundreds of times a
-# second, so the migration is certainly still in pre-copy when post-copy is asked for.
+# Pre-copy at 16 MiB/s cannot finish a guest that dirties every page several times a second,
+# so the migration is certainly still in pre-copy when post-copy is asked for.
 _PRECOPY_BANDWIDTH = 16 << 20
 # The guest must have written every page once before the migration starts (counter >= 2):
 # then no page is still zero on the source, and the destination must fetch each one.
@@ -110,8 +110,8 @@ _EXIT_GRACE = 2.0
 _STDERR_LINES = 3
 _INTERRUPT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 _FINAL_STATUSES = ("completed", "failed", "cancelled", "postcopy-paused")
-# A unix socket path must fit in sun_path (108 bytes); keep the work dir short.
-_MAX_WORKDIR_LEN = 64
+# <tmpdir>/postcopy-canary-XXXXXXXX/destination.qmp must fit in sun_path (108 bytes).
+_MAX_TMPDIR_LEN = 60
 _WORKDIR_PLACEHOLDER = "<workdir>"
 
 CanarySettings = namedtuple("CanarySettings", "qemu_binary account accel memory_mb timeout sandbox")
@@ -436,8 +436,10 @@ def qemu_command(settings, role, workdir):
 # replacement for preexec_fn (and for subprocess's user=/group=, which need Python 3.9).
 # argv: SWITCH ("-" or "uid:gid:g1,g2") PARENT_PID QEMU ARGS...
 _EXEC_AS = r"""
-import os, sys
+import os, signal, sys
 switch, parent = sys.argv[1], int(sys.argv[2])
+# The module held SIGTERM/SIGINT/SIGHUP back while starting this; QEMU must get them as usual.
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
 if switch != "-":
     uid, gid, groups = switch.split(":")
     uid, gid = int(uid), int(gid)
@@ -508,9 +510,9 @@ def _signals_interrupt():
 
 
 def _short_tmpdir():
+    """The system's temporary directory, unless its path is too long for a socket or has a comma (QEMU's option separator)."""
     base = tempfile.gettempdir()
-    # Long or comma-bearing paths break sun_path and QEMU's option syntax.
-    if len(base) > _MAX_WORKDIR_LEN - 24 or "," in base:
+    if len(base) > _MAX_TMPDIR_LEN or "," in base:
         return "/tmp"
     return base
 

@@ -345,6 +345,40 @@ def test_seccomp_denying_userfaultfd_is_not_ok_in_qemus_words(canary_in_process,
     assert facts["postcopy_requests"] is None
 
 
+def _proc_status(pid):
+    with open("/proc/%d/status" % pid) as handle:
+        return dict(line.split(":\t", 1) for line in handle.read().splitlines() if ":\t" in line)
+
+
+@needs_qemu
+def test_qemu_runs_as_the_account_in_its_own_group_with_signals_unblocked(canary_tmp, root, monkeypatch):
+    seen = {}
+    enable = _canary._Canary._enable_postcopy
+
+    def look_then_enable(self, uri):
+        for role, process in self.workspace.processes.items():
+            seen[role] = (_proc_status(process.pid), os.getpgid(process.pid), process.pid)
+            seen["workdir"] = os.stat(self.workspace.path)
+        return enable(self, uri)
+
+    monkeypatch.setattr(_canary._Canary, "_enable_postcopy", look_then_enable)
+    nobody = resolve_account("nobody")
+    _canary.run_canary(_canary.make_settings(run_as="nobody", accel="tcg", memory_mb=16))
+    for role in ("source", "destination"):
+        status, pgid, pid = seen[role]
+        assert status["Name"].startswith("qemu-system")
+        assert status["Uid"].split() == [str(nobody.uid)] * 4
+        assert status["Gid"].split() == [str(nobody.gid)] * 4
+        assert sorted(int(g) for g in status["Groups"].split()) == sorted(nobody.groups)
+        assert pgid == pid  # a process group of its own, killed as one
+        blocked = int(status["SigBlk"], 16)
+        for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            assert not blocked & (1 << (signum - 1)), "QEMU inherited a blocked %s" % signum.name
+        assert status["Seccomp"] == "2"  # -sandbox on
+    workdir = seen["workdir"]
+    assert (workdir.st_uid, workdir.st_gid, stat.S_IMODE(workdir.st_mode)) == (nobody.uid, nobody.gid, 0o700)
+
+
 @needs_qemu
 def test_unprivileged_account_follows_the_sysctl(canary_tmp, test_user):
     name = test_user.pw_name
