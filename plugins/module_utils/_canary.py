@@ -527,7 +527,8 @@ class _Workspace:
         self._logs = []
 
     def create(self):
-        self.path = tempfile.mkdtemp(prefix="postcopy-canary-", dir=_short_tmpdir())
+        with _signals_blocked():  # a signal between mkdtemp() and the assignment would leak the dir
+            self.path = tempfile.mkdtemp(prefix="postcopy-canary-", dir=_short_tmpdir())
         os.chmod(self.path, 0o700)
         # QEMU, as the account, creates its sockets here: the dir is its, and no one else's.
         if account_switch_needed(self.account):
@@ -804,13 +805,13 @@ class _Canary:
 
 def _error_text(canary, exc):
     """One line for facts.error: QEMU's own words whenever there are any."""
-    if isinstance(exc, QMPCommandError):
-        # QEMU before 8.0 puts the reason ("userfaultfd not available: ...") on stderr only.
-        words = canary.workspace.qemu_words(getattr(exc, "role", "destination"))
-        return "%s (%s)" % (exc, words) if words else str(exc)
     if isinstance(exc, QMPTimeout):
         return "timed out after %d s %s" % (canary.settings.timeout, canary.step)
-    if isinstance(exc, QMPClosed) and getattr(exc, "role", None):
+    if isinstance(exc, QMPCommandError):
+        # QEMU before 8.0 puts the reason ("userfaultfd not available: ...") on stderr only.
+        words = canary.workspace.qemu_words(exc.role)
+        return "%s (%s)" % (exc, words) if words else str(exc)
+    if isinstance(exc, QMPClosed):
         # The socket closes a moment before the process is gone and its stderr complete.
         canary.workspace.wait_exit(exc.role, _EXIT_GRACE)
         return canary.workspace.qemu_words(exc.role) or "the %s QEMU exited while %s" % (exc.role, canary.step)
@@ -831,6 +832,8 @@ def run_canary(settings):
         except (QMPError, _Refused) as exc:
             facts["ok"] = False
             facts["error"] = _error_text(canary, exc)
+        except OSError as exc:  # no work dir, no process: the canary cannot run at all
+            raise CanaryError("could not run the canary: %s" % exc) from None
         finally:
             with _signals_blocked():
                 canary.close()

@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 
 import hostctl
@@ -416,6 +417,12 @@ def test_stderr_of_a_qemu_that_exits_at_start_is_the_error(canary_tmp, tmp_path,
     assert facts["ok"] is False
     assert facts["error"] == "qemu-system-x86_64: cannot start: reason"
     assert facts["commands"]["source"][0] == str(fake)
+
+
+def test_no_work_dir_means_the_canary_cannot_run(canary_tmp, root, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", "/dev/null")
+    with pytest.raises(_canary.CanaryError, match=r"^could not run the canary: \[Errno 20\] Not a directory: '/dev/null/postcopy-canary-"):
+        _canary.run_canary(_canary.CanarySettings(QEMU, ROOT, "tcg", 16, 10, True))
 
 
 @needs_qemu
