@@ -154,19 +154,14 @@ def test_a_silent_peer_times_out(listener):
     assert time.monotonic() - started < 1.5
 
 
-def test_a_peer_that_is_not_qmp_is_refused(listener):
+@pytest.mark.parametrize(
+    "first_line, message",
+    [(b'{"hello": 1}\n', "expected a QMP greeting"), (b"garbage\n", "not JSON")],
+)
+def test_a_peer_that_does_not_speak_qmp_is_refused(listener, first_line, message):
     path, send = listener
     client = QMPClient(path)
-    threading.Timer(0.1, send, args=(b'{"hello": 1}\n',)).start()
-    with pytest.raises(QMPError, match="expected a QMP greeting"):
-        client.connect(5)
-    client.close()
-
-
-def test_a_line_that_is_not_json_is_an_error(listener):
-    path, send = listener
-    client = QMPClient(path)
-    threading.Timer(0.1, send, args=(b"garbage\n",)).start()
-    with pytest.raises(QMPError, match="not JSON"):
+    threading.Timer(0.1, send, args=(first_line,)).start()
+    with pytest.raises(QMPError, match=message):
         client.connect(5)
     client.close()
