@@ -61,6 +61,8 @@ REMEDIES = {
 }
 
 _RESOURCE_ERRNOS = ("EMFILE", "ENFILE", "ENOMEM")
+# mmap() says EAGAIN when the locked-memory limit is hit.
+_STEP_RESOURCE_ERRNOS = _RESOURCE_ERRNOS + ("EAGAIN",)
 
 
 def _cause(feature, cause, detail, remedy=None):
@@ -69,7 +71,7 @@ def _cause(feature, cause, detail, remedy=None):
 
 def errno_cause(err, seccomp):
     """The cause of a failed ioctl/mmap/memfd step, judged from its errno and the seccomp mode."""
-    if err in _RESOURCE_ERRNOS:
+    if err in _STEP_RESOURCE_ERRNOS:
         return "resource_limit"
     if err in ("EPERM", "ENOSYS") and seccomp == 2:
         return "seccomp"
@@ -87,7 +89,9 @@ def access_cause(syscall, seccomp, sysctl, cap_sys_ptrace):
         # With the sysctl present the kernel has userfaultfd: ENOSYS came from a filter.
         return "seccomp" if (seccomp == 2 or sysctl is not None) else "kernel_config"
     if err == "EPERM":
-        if sysctl == 0 and not cap_sys_ptrace and syscall.get("user_mode_only_usable"):
+        # The kernel waives only the sysctl check for user-mode-only fds, so this tells the
+        # sysctl apart even when /proc/sys/vm cannot be read (sysctl None).
+        if sysctl in (0, None) and not cap_sys_ptrace and syscall.get("user_mode_only_usable"):
             return "unprivileged_userfaultfd_sysctl"
         if seccomp == 2:
             return "seccomp"
@@ -107,7 +111,8 @@ def _access_causes(obs, ctx):
     cause = access_cause(syscall, status["seccomp"], sysctl, status["cap_sys_ptrace"])
     detail = "userfaultfd() as %s failed with %s" % (ctx["account_name"], syscall["errno"])
     if cause == "unprivileged_userfaultfd_sysctl":
-        detail += " (vm.unprivileged_userfaultfd=0, no CAP_SYS_PTRACE; a user-mode-only fd works)"
+        setting = "unreadable" if sysctl is None else "=%s" % sysctl
+        detail += " (vm.unprivileged_userfaultfd%s, no CAP_SYS_PTRACE; a user-mode-only fd works)" % setting
     elif cause == "seccomp":
         detail += " under seccomp filter mode %s" % status["seccomp"]
     remedy = None

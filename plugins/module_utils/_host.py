@@ -27,11 +27,13 @@ __all__ = [
     "page_size",
     "process_status",
     "unprivileged_userfaultfd",
+    "userfaultfd_rdev",
 ]
 
 DEVICE_PATH = "/dev/userfaultfd"
 SYSCTL_PATH = "/proc/sys/vm/unprivileged_userfaultfd"
 HUGEPAGES_DIR = "/sys/kernel/mm/hugepages"
+MISC_DEV = "/sys/class/misc/userfaultfd/dev"
 CAP_SYS_PTRACE = 19
 
 _HUGEPAGE_DIR = re.compile(r"^hugepages-(\d+)kB$")
@@ -62,6 +64,16 @@ def _read_int(path):
 def unprivileged_userfaultfd(path=SYSCTL_PATH):
     """The sysctl's value; None when the kernel has no such sysctl (or it cannot be read)."""
     return _read_int(path)
+
+
+def userfaultfd_rdev(path=MISC_DEV):
+    """The device number the kernel gave /dev/userfaultfd ("10:257" in sysfs); None when unknown."""
+    try:
+        with open(path) as handle:
+            major, _sep, minor = handle.read().strip().partition(":")
+        return os.makedev(int(major), int(minor))
+    except (IOError, OSError, ValueError):
+        return None
 
 
 def hugepage_sizes(base=HUGEPAGES_DIR):

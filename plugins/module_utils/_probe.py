@@ -13,11 +13,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import os
+import stat
 
 from ansible_collections.hypervisor.migration.plugins.module_utils._host import (
     DEVICE_PATH,
     errno_name,
     process_status,
+    userfaultfd_rdev,
 )
 from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import (
     API_FEATURES,
@@ -44,7 +46,12 @@ _MFD_HUGE_SHIFT = 26
 
 
 class _Resources(object):
-    """Every fd and mapping the probe makes, released on every path (DESIGN step 7)."""
+    """Every fd and mapping the probe makes, released on every path (DESIGN step 7).
+
+    Each step gives back what it made as soon as it has its answer (``drop``), so the probe
+    never holds more than two descriptors and one page: a tight RLIMIT_NOFILE or RLIMIT_AS
+    is then judged as QEMU, which holds one userfaultfd, would meet it.
+    """
 
     def __init__(self, backend):
         self.backend = backend
@@ -59,23 +66,60 @@ class _Resources(object):
         self.maps.append((address, length))
         return address
 
+    def drop(self, fds=(), maps=()):
+        for entry in maps:
+            if entry in self.maps:
+                self.maps.remove(entry)
+                self.backend.munmap(*entry)
+        for fd in fds:
+            if fd in self.fds:
+                self.fds.remove(fd)
+                _close(fd)
+
     def release(self):
         while self.maps:
             self.backend.munmap(*self.maps.pop())
         while self.fds:
-            try:
-                os.close(self.fds.pop())
-            except OSError:
-                pass
+            _close(self.fds.pop())
+
+
+def _close(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _device_node_error(path, expected):
+    """None when path (or an open fd) is the userfaultfd misc device; else the errno name to record.
+
+    The child may be root (probe_user root): it never opens, let alone sends an ioctl to,
+    anything planted at the device's path instead, such as a regular file or a symlink to
+    another device. expected is the device number sysfs announces, None when unknown.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return errno_name(exc.errno)
+    if not stat.S_ISCHR(info.st_mode) or (expected is not None and info.st_rdev != expected):
+        return "ENODEV"
+    return None
 
 
 def _open_via_device(backend, res, path):
     """QEMU >= 8.0: open the device, then ask it for a new userfaultfd. Returns (fd, errno, step)."""
+    expected = userfaultfd_rdev()
+    wrong = _device_node_error(path, expected)
+    if wrong is not None:
+        return -1, wrong, "type"
     try:
         dev = os.open(path, _O_RDWR | O_CLOEXEC)
     except OSError as exc:
         return -1, exc.errno, "open"
     try:
+        # Replaced between stat() and open(): still not ours to send ioctls to.
+        if _device_node_error(dev, expected) is not None:
+            return -1, "ENODEV", "type"
         fd, err = backend.ioctl_int(dev, backend.requests["USERFAULTFD_IOC_NEW"], O_CLOEXEC)
     finally:
         os.close(dev)
@@ -94,12 +138,16 @@ def _open_via_syscall(backend, res, flags=O_CLOEXEC):
 def _observe_access(backend, res, device_path, device_first):
     present = os.path.exists(device_path)
     dev_fd, dev_err, dev_step = (-1, None, None)
+    # Each fd only proves a path works: closed at once, so no step runs short of descriptors.
     if present:
         dev_fd, dev_err, dev_step = _open_via_device(backend, res, device_path)
+        res.drop(fds=[dev_fd])
     sys_fd, sys_err = _open_via_syscall(backend, res)
+    res.drop(fds=[sys_fd])
     umo_fd, umo_err = _open_via_syscall(backend, res, O_CLOEXEC | UFFD_USER_MODE_ONLY)
+    res.drop(fds=[umo_fd])
     access = {
-        "device": {"present": present, "usable": dev_fd >= 0, "errno": errno_name(dev_err), "failed_step": dev_step if dev_fd < 0 else None},
+        "device": {"present": present, "usable": dev_fd >= 0, "errno": _errno_text(dev_err), "failed_step": dev_step if dev_fd < 0 else None},
         "syscall": {"usable": sys_fd >= 0, "errno": errno_name(sys_err), "user_mode_only_usable": umo_fd >= 0, "user_mode_only_errno": errno_name(umo_err)},
     }
     if device_first and dev_fd >= 0:
@@ -124,13 +172,14 @@ def _observe_api(backend, res, used, device_path):
     """Features on a throw-away fd, then the real handshake (UFFDIO_API works once per fd)."""
     probe_fd, err = _new_fd(backend, res, used, device_path)
     if probe_fd < 0:
-        return {"ok": False, "errno": errno_name(err), "step": "open"}, None
+        return {"ok": False, "errno": _errno_text(err), "step": "open"}, None
     ret, err, offered, _ioctls = backend.uffdio_api(probe_fd, UFFD_API, 0)
+    res.drop(fds=[probe_fd])
     if ret != 0:
         return {"ok": False, "errno": errno_name(err), "step": "query"}, None
     fd, err = _new_fd(backend, res, used, device_path)
     if fd < 0:
-        return {"ok": False, "errno": errno_name(err), "step": "open"}, None
+        return {"ok": False, "errno": _errno_text(err), "step": "open"}, None
     wanted = offered & (1 << API_FEATURES["THREAD_ID"])
     ret, err, _features, ioctls = backend.uffdio_api(fd, UFFD_API, wanted)
     api = {
@@ -140,7 +189,10 @@ def _observe_api(backend, res, used, device_path):
         "features": bits_to_names(offered, API_FEATURES),
         "ioctls": bits_to_names(ioctls, IOCTL_BITS) if ret == 0 else [],
     }
-    return api, (fd if ret == 0 else None)
+    if ret != 0:
+        res.drop(fds=[fd])
+        return api, None
+    return api, fd
 
 
 def _register_range(backend, fd, address, length):
@@ -159,19 +211,29 @@ def _map_and_register(backend, res, fd, length, flags, backing_fd=-1):
     consts = mmap_flags()
     address, err = backend.mmap(length, consts["PROT_READ"] | consts["PROT_WRITE"], flags, backing_fd, 0)
     if address is None:
-        return {"ok": False, "errno": errno_name(err), "step": "mmap", "ioctls": []}
-    res.mapping(address, length)
-    return _register_range(backend, fd, address, length)
+        result = {"ok": False, "errno": errno_name(err), "step": "mmap", "ioctls": []}
+    else:
+        res.mapping(address, length)
+        result = _register_range(backend, fd, address, length)
+    res.drop(fds=[backing_fd] if backing_fd >= 0 else [], maps=[(address, length)] if address is not None else [])
+    return result
+
+
+def _errno_text(err):
+    """errno_name for a number; names recorded without a call (the device checks) pass through."""
+    return err if isinstance(err, str) else errno_name(err)
 
 
 def _memfd(res, size, flags):
     create = getattr(os, "memfd_create", None)
     if create is None:
         return -1, "ENOSYS"
+    memfd = -1
     try:
         memfd = res.fd(create("hvm-postcopy-probe", flags))
         os.ftruncate(memfd, size)
     except OSError as exc:
+        res.drop(fds=[memfd])
         return -1, errno_name(exc.errno)
     return memfd, None
 
