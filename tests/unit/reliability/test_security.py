@@ -79,11 +79,13 @@ def canary_as_account(tmp_path):
     # Held in its first userfaultfd() call, the destination QEMU waits while the test looks around.
     spec = fault_kit.process("fault_exec", "--on", "userfaultfd=hang", module="canary")
     canary = fault_kit.Background(spec, {"accel": "tcg", "memory_mb": 16, "timeout": 60, "run_as": user.pw_name}, str(tmp_path))
-    canary.wait_event(1)
-    yield canary, user
-    if canary.proc.poll() is None:
-        os.kill(canary.module_pid(), signal.SIGTERM)
-    canary.finish()
+    try:
+        canary.wait_event(1)
+        yield canary, user
+    finally:
+        if canary.proc.poll() is None:
+            os.kill(canary.module_pid(), signal.SIGTERM)
+        canary.finish()
 
 
 def fault_kit_test_user():
