@@ -224,7 +224,7 @@ def render_machine(info, markdown=False):
         ("ansible-core", info["ansible_core"]),
         ("hyperfine", info.get("hyperfine") or "-"),
         ("/dev/kvm", "yes" if info.get("kvm") else "no"),
-        ("load average start/end", "%s / %s" % (info.get("loadavg_start"), info.get("loadavg_end"))),
+        ("load average start/end/max", "%s / %s / %s" % (info.get("loadavg_start"), info.get("loadavg_end"), info.get("loadavg_max"))),
         ("mode", info.get("mode", "-")),
         ("started", info.get("started", "-")),
     ]

@@ -8,7 +8,8 @@
 Polls /proc (no psutil needed) every INTERVAL seconds and appends one JSON line to OUT:
 ``controller_peak`` is the peak of the summed RSS of the processes that are Ansible itself
 (the top-most ansible-playbook process in the tree and its forked workers, which share its
-command line); ``tree_peak`` adds
+command line), ``controller_pss_peak`` the same with PSS, which splits the pages the workers share
+with ansible-playbook among them instead of counting them once per worker; ``tree_peak`` adds
 everything they started (with the local connection: the module processes); ``main_peak`` is the
 ansible-playbook process alone. Exits with the command's status.
 """
@@ -20,6 +21,9 @@ import sys
 import time
 
 INTERVAL = 0.1
+# Proportional set size (shared pages divided among their sharers) costs the kernel a page-table
+# walk per read: sample it every PSS_EVERY-th poll only.
+PSS_EVERY = 5
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -58,6 +62,17 @@ def _rss(pid):
         return 0
 
 
+def _pss(pid):
+    try:
+        with open("/proc/%d/smaps_rollup" % pid, "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 def _cmdline(pid):
     # Not cached: a pid changes its command line when it execs (time, then env, then Ansible).
     try:
@@ -77,20 +92,24 @@ def watch(argv, out_path, interval=INTERVAL):
     start = time.monotonic()
     proc = subprocess.Popen(argv)
     main_cmd = main_pid = None
-    peaks = {"controller_peak": 0, "tree_peak": 0, "main_peak": 0, "samples": 0, "max_processes": 0}
+    peaks = {"controller_peak": 0, "controller_pss_peak": 0, "tree_peak": 0, "main_peak": 0, "samples": 0, "max_processes": 0}
     while proc.poll() is None:
         pids = _tree(proc.pid)
         if main_cmd is None:
             main_pid = next((pid for pid in pids if _is_ansible(_cmdline(pid))), None)
             if main_pid is not None:
                 main_cmd = _cmdline(main_pid)
-        controller = tree = 0
+        controller = tree = pss = 0
+        with_pss = peaks["samples"] % PSS_EVERY == 0
         for pid in pids:
             rss = _rss(pid)
             tree += rss
             if _cmdline(pid) == main_cmd:
                 controller += rss
+                if with_pss:
+                    pss += _pss(pid)
         peaks["controller_peak"] = max(peaks["controller_peak"], controller)
+        peaks["controller_pss_peak"] = max(peaks["controller_pss_peak"], pss)
         peaks["tree_peak"] = max(peaks["tree_peak"], tree)
         if main_pid is not None:
             peaks["main_peak"] = max(peaks["main_peak"], _rss(main_pid))
