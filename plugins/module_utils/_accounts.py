@@ -31,6 +31,8 @@ QEMU_ACCOUNT_NAMES = ("qemu", "libvirt-qemu")
 
 Account = namedtuple("Account", "name uid gid groups source reason")
 
+# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+_NUMERIC_UID = re.compile(r"^\+?[0-9]+$")
 _CONF_USER = re.compile(r'^\s*user\s*=\s*"([^"]*)"', re.MULTILINE)
 
 
@@ -47,10 +49,11 @@ def _lookup(spec):
     """A passwd entry for a name, a numeric uid or libvirt's "+107" form; None when absent."""
     text = str(spec).strip()
     try:
-        if text.lstrip("+").isdigit():
+        if _NUMERIC_UID.match(text):
             return pwd.getpwuid(int(text.lstrip("+")))
         return pwd.getpwnam(text)
-    except KeyError:
+    except (KeyError, ValueError, OverflowError):
+        # ValueError: a NUL in the name; OverflowError: a uid beyond what the kernel can hold.
         return None
 
 

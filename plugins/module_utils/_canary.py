@@ -37,6 +37,7 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._accounts imp
     resolve_account,
     to_dict,
 )
+from ansible_collections.hypervisor.migration.plugins.module_utils._options import range_error, text_error
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import (
     QemuBinaryError,
     candidate_binaries,
@@ -330,29 +331,14 @@ def choose_accel(accel, account, kvm_path=KVM_DEVICE):
     return "kvm" if kvm_usable_by(account, kvm_path) else "tcg"
 
 
-def _text_error(name, value, wanted):
-    """A complaint about a string no account or file can have; None when fine."""
-    if not str(value).strip():
-        return "%s must be %s, got an empty string" % (name, wanted)
-    if any(ord(char) < 32 or ord(char) == 127 for char in str(value)):
-        return "%s must be %s, got a value with control characters" % (name, wanted)
-    return None
-
-
-def _range_error(name, value, low, high, unit=""):
-    if low <= value <= high:
-        return None
-    return "%s must be between %d and %d%s, got %d" % (name, low, high, unit, value)
-
-
 def option_errors(qemu_binary, run_as, accel, memory_mb, timeout):
     """One line per option value that cannot work, whatever the host; empty when all can."""
     errors = [
-        _text_error("qemu_binary", qemu_binary, "auto or an absolute path"),
-        _text_error("run_as", run_as, "auto, an account name or a numeric uid"),
+        text_error("qemu_binary", qemu_binary, "auto or an absolute path"),
+        text_error("run_as", run_as, "auto, an account name or a numeric uid"),
         None if accel in ACCEL_CHOICES else "accel must be one of %s, got %s" % (", ".join(ACCEL_CHOICES), accel),
-        _range_error("memory_mb", memory_mb, *MEMORY_MB_RANGE),
-        _range_error("timeout", timeout, *TIMEOUT_RANGE, unit=" seconds"),
+        range_error("memory_mb", memory_mb, *MEMORY_MB_RANGE),
+        range_error("timeout", timeout, *TIMEOUT_RANGE, unit=" seconds"),
     ]
     return [error for error in errors if error]
 

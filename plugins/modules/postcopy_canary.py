@@ -256,7 +256,6 @@ ansible_facts:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hypervisor.migration.plugins.module_utils._canary import (
     ACCEL_CHOICES,
     CanaryError,
@@ -265,6 +264,7 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._canary impor
     planned_facts,
     run_canary,
 )
+from ansible_collections.hypervisor.migration.plugins.module_utils._options import new_module, one_line
 
 ARGUMENT_SPEC = dict(
     qemu_binary=dict(type="str", default="auto"),
@@ -276,10 +276,6 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def _one_line(text):
-    return " ".join(str(text).split())
-
-
 def _canary_facts(module):
     settings = make_settings(**{name: module.params[name] for name in ARGUMENT_SPEC})
     if module.check_mode:
@@ -288,13 +284,13 @@ def _canary_facts(module):
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = new_module(ARGUMENT_SPEC, supports_check_mode=True)
     try:
         facts = _canary_facts(module)
     except (CanaryError, CanaryInterrupted) as exc:
-        module.fail_json(msg=_one_line(exc))
+        module.fail_json(msg=one_line(exc))
     except Exception as exc:  # last resort: a bug must still end the task in one line (-vvv shows where)
-        module.fail_json(msg="postcopy_canary failed unexpectedly: %s: %s" % (exc.__class__.__name__, _one_line(exc)), exception=traceback.format_exc())
+        module.fail_json(msg="postcopy_canary failed unexpectedly: %s: %s" % (exc.__class__.__name__, one_line(exc)), exception=traceback.format_exc())
     module.exit_json(changed=False, ansible_facts={"postcopy_canary": facts})
 
 

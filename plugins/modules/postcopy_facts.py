@@ -260,14 +260,13 @@ ansible_facts:
           sample: 3.1
 """
 
-import decimal
-import sys
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, _load_params, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import AccountError
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import CFFI_IMPORT_ERROR, HAS_CFFI, BackendUnavailable
+from ansible_collections.hypervisor.migration.plugins.module_utils._options import new_module, one_line, range_error, text_error
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import QemuBinaryError
 from ansible_collections.hypervisor.migration.plugins.module_utils._switch import ChildError
 from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import UnsupportedArch
@@ -284,68 +283,6 @@ ARGUMENT_SPEC = dict(
 MIN_PAGE = 1024
 MAX_PAGE = 1 << 30
 MAX_TIMEOUT = 3600
-# ansible-core converts an int option given as text through decimal.Decimal: "inf" escapes as
-# OverflowError (a traceback) and "1e999999" builds a number with a million digits (minutes of
-# CPU). Such values are refused before AnsibleModule converts them; no valid value comes close.
-_MAX_INT_EXPONENT = 30
-
-
-def _unusable_text(value):
-    """Why a string can never name an account or a file (NUL, control characters, unencodable); None when it can."""
-    if any(ord(char) < 32 or ord(char) == 127 for char in value):
-        return "a value with control characters"
-    number = value.strip().lstrip("+")
-    if number.isdigit() and not number.isdecimal():
-        # "²" is a digit to str.isdigit(), which decides that a uid was meant, but not to int().
-        return "digits that are not a decimal number"
-    try:
-        value.encode(sys.getfilesystemencoding(), "surrogateescape")
-    except UnicodeError:
-        return "a value that cannot be encoded"
-    return None
-
-
-def _text_errors(params):
-    errors = []
-    if not params["probe_user"].strip():
-        errors.append("probe_user must be auto, an account name or a numeric uid, got an empty string")
-    elif _unusable_text(params["probe_user"]):
-        errors.append("probe_user must be auto, an account name or a numeric uid, got %s" % _unusable_text(params["probe_user"]))
-    if not params["qemu_binary"].strip():
-        errors.append("qemu_binary must be auto or an absolute path, got an empty string")
-    elif _unusable_text(params["qemu_binary"]):
-        errors.append("qemu_binary must be auto or an absolute path, got %s" % _unusable_text(params["qemu_binary"]))
-    return errors
-
-
-def _unsafe_int(value):
-    if isinstance(value, (bool, int)) or not isinstance(value, (str, float)):
-        return False
-    try:
-        number = decimal.Decimal(value)
-    except (decimal.DecimalException, ValueError, TypeError):
-        return False  # AnsibleModule refuses it in one line itself
-    return not number.is_finite() or number.adjusted() > _MAX_INT_EXPONENT
-
-
-def early_errors(raw):
-    """Messages for raw option values AnsibleModule would choke on; empty when there are none."""
-    if not isinstance(raw, dict):
-        return []
-    names = sorted(name for name, spec in ARGUMENT_SPEC.items() if spec["type"] == "int" and _unsafe_int(raw.get(name)))
-    return ["argument '%s' must be an integer, got %s" % (name, _one_line(repr(raw[name]))[:40]) for name in names]
-
-
-def _new_module():
-    try:
-        errors = early_errors(_load_params())
-    except Exception:  # unreadable parameters: AnsibleModule says so itself
-        errors = []
-    if errors:
-        # A module that takes every value as given, only to fail the usual way before anything converts them.
-        as_given = AnsibleModule(argument_spec=dict((name, dict(type="raw")) for name in ARGUMENT_SPEC), supports_check_mode=True)
-        as_given.fail_json(msg="; ".join(errors))
-    return AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
 
 
 def validate_params(params):
@@ -354,16 +291,12 @@ def validate_params(params):
     size = params["target_page_size"]
     if size < MIN_PAGE or size > MAX_PAGE or size & (size - 1):
         errors.append("target_page_size must be a power of two between %d and %d, got %d" % (MIN_PAGE, MAX_PAGE, size))
-    if not 1 <= params["timeout"] <= MAX_TIMEOUT:
-        errors.append("timeout must be between 1 and %d seconds, got %d" % (MAX_TIMEOUT, params["timeout"]))
-    errors.extend(_text_errors(params))
+    errors.append(range_error("timeout", params["timeout"], 1, MAX_TIMEOUT, " seconds"))
+    errors.append(text_error("probe_user", params["probe_user"], "auto, an account name or a numeric uid"))
+    errors.append(text_error("qemu_binary", params["qemu_binary"], "auto or an absolute path"))
     if not params["memory_backends"]:
         errors.append("memory_backends must name at least one of anonymous, shmem, hugetlbfs")
-    return errors
-
-
-def _one_line(text):
-    return " ".join(str(text).split())
+    return [error for error in errors if error]
 
 
 def _gather(module):
@@ -373,17 +306,17 @@ def _gather(module):
     except AccountError as exc:
         module.fail_json(msg="probe_user: %s" % exc)
     except (QemuBinaryError, UnsupportedArch, BackendUnavailable) as exc:
-        module.fail_json(msg=_one_line(exc))
+        module.fail_json(msg=one_line(exc))
     except ChildError as exc:
-        module.fail_json(msg="could not probe userfaultfd: %s" % _one_line(exc))
+        module.fail_json(msg="could not probe userfaultfd: %s" % one_line(exc))
     except MemoryError:
         module.fail_json(msg="could not probe userfaultfd: out of memory")
     except OSError as exc:
-        module.fail_json(msg="could not probe userfaultfd: %s" % _one_line(exc))
+        module.fail_json(msg="could not probe userfaultfd: %s" % one_line(exc))
 
 
 def main():
-    module = _new_module()
+    module = new_module(ARGUMENT_SPEC, supports_check_mode=True)
     errors = validate_params(module.params)
     if errors:
         module.fail_json(msg="; ".join(errors))
@@ -392,7 +325,7 @@ def main():
     try:
         facts = _gather(module)
     except Exception as exc:  # last resort: a bug must still end the task in one line (-vvv shows where)
-        module.fail_json(msg="postcopy_facts failed unexpectedly: %s: %s" % (exc.__class__.__name__, _one_line(exc)), exception=traceback.format_exc())
+        module.fail_json(msg="postcopy_facts failed unexpectedly: %s: %s" % (exc.__class__.__name__, one_line(exc)), exception=traceback.format_exc())
     module.exit_json(changed=False, ansible_facts=facts)
 
 
