@@ -425,6 +425,8 @@ def fig_facts_modules(ctx):
         ("both", {"ansible_facts_modules": both}),
         ("both_serial", {"ansible_facts_modules": both, "ansible_facts_parallel": False}),
     ]
+    if not size["extras"]:
+        variants.pop()  # the quick run keeps to the goal's row
     commands = []
     for name, extra_vars in variants:
         path = ctx.path("gather-%s.vars.json" % name)
@@ -439,13 +441,15 @@ def fig_facts_modules(ctx):
         cpu[name] = ctx.cpu("gather-" + name, skip=1)
         if not all(r["actions"].get("gather_facts", {}).get("ok", 0) for r in records):
             raise BenchError("gather_facts failed in the %s variant" % name)
-    return [
+    rows = [
         ratio_row("gather_facts task, facts_modules [setup, postcopy_facts] (Ansible's default for 2 modules: parallel) / setup alone",
                   task["both"], task["setup"], GOALS["facts_modules"], cpu=(cpu["both"], cpu["setup"]),
                   note="CPU ratio is of the whole playbook run", known_miss=KNOWN_MISSES.get("facts_modules")),
-        ratio_row("  same with ansible_facts_parallel: false / setup alone", task["both_serial"], task["setup"], GOALS["facts_modules"],
-                  gating=False, cpu=(cpu["both_serial"], cpu["setup"])),
     ]
+    if "both_serial" in task:
+        rows.append(ratio_row("  same with ansible_facts_parallel: false / setup alone", task["both_serial"], task["setup"], GOALS["facts_modules"],
+                              gating=False, cpu=(cpu["both_serial"], cpu["setup"])))
+    return rows
 
 
 def fig_fact_cache(ctx):
