@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # -*- coding: utf-8 -*-
 # Copyright: contributors to hypervisor.migration
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -73,7 +73,7 @@ def load_options(role_dir):
         main = specs["argument_specs"]["main"]
         options = main["options"]
     except (KeyError, TypeError):
-        raise SpecError("%s has no argument_specs.main.options" % path)
+        raise SpecError("%s has no argument_specs.main.options" % path) from None
     for name, spec in options.items():
         if not isinstance(spec, dict) or "type" not in spec or "description" not in spec:
             raise SpecError("%s: option %s needs a type and a description" % (path, name))
@@ -154,7 +154,7 @@ def splice(document, reference, doc_path):
         start = document.index(BEGIN)
         end = document.index(END, start) + len(END)
     except ValueError:
-        raise SpecError("%s lacks the lines %s and %s" % (doc_path, BEGIN, END))
+        raise SpecError("%s lacks the lines %s and %s" % (doc_path, BEGIN, END)) from None
     return document[:start] + reference + document[end:]
 
 
