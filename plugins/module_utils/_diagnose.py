@@ -30,6 +30,7 @@ FEATURES = (
     "hugepages_reserved",
     "missing_shmem",
     "shmem_register",
+    "munlockall",
 )
 
 CAUSES = (
@@ -151,6 +152,15 @@ def _api_causes(obs):
     return missing
 
 
+def _memlock_causes(obs):
+    memlock = obs.get("memlock")
+    if not memlock or memlock["ok"]:
+        return {}
+    cause = errno_cause(memlock["errno"], obs["status"]["seccomp"])
+    detail = "munlockall() failed with %s; QEMU calls it before registering guest RAM" % memlock["errno"]
+    return {"munlockall": _cause("munlockall", cause, detail)}
+
+
 def _register_causes(result, seccomp, register_feature, what, required=("WAKE", "COPY", "ZEROPAGE")):
     if result["ok"] is None:
         return {}
@@ -219,7 +229,7 @@ def diagnose(obs, ctx):
     if obs["access"]["used"] is None:
         causes.extend(_access_causes(obs, ctx))
     elif obs["api"] is not None:
-        found = _api_causes(obs)
+        found = _api_causes(obs) or _memlock_causes(obs)
         if not found and obs["register"]:
             found = _memory_causes(obs, ctx)
         causes.extend(found.values())

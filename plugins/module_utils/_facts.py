@@ -126,6 +126,8 @@ def gather_postcopy_facts(params, warn=lambda msg: None):
         "sysctl": {"vm.unprivileged_userfaultfd": sysctl},
         "seccomp": obs["status"]["seccomp"],
         "cap_sys_ptrace": obs["status"]["cap_sys_ptrace"],
+        "user_namespace": obs["status"].get("user_namespace"),
+        "memlock": obs.get("memlock"),
         "api": {"features": obs["api"].get("features", []), "ioctls": obs["api"].get("ioctls", [])} if obs["api"] else None,
         "register": _register_facts(obs),
         "qemu": qemu,

@@ -47,6 +47,7 @@ long syscall(long number, ...);
 int ioctl(int fd, unsigned long request, ...);
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 int munmap(void *addr, size_t length);
+int munlockall(void);
 """
 
 
@@ -85,6 +86,9 @@ class _Backend(object):
         raise NotImplementedError
 
     def munmap(self, address, length):
+        raise NotImplementedError
+
+    def munlockall(self):
         raise NotImplementedError
 
 
@@ -142,6 +146,9 @@ class CffiBackend(_Backend):
     def munmap(self, address, length):
         return self._call(self.lib.munmap, self.ffi.cast("void *", address), length)
 
+    def munlockall(self):
+        return self._call(self.lib.munlockall)
+
 
 class _UffdioApi(ctypes.Structure):
     _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64), ("ioctls", ctypes.c_uint64)]
@@ -169,6 +176,8 @@ class CtypesBackend(_Backend):
             libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
             libc.munmap.restype = ctypes.c_int
             libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            libc.munlockall.restype = ctypes.c_int
+            libc.munlockall.argtypes = []
             CtypesBackend._libc = libc
         self.libc = CtypesBackend._libc
 
@@ -209,6 +218,9 @@ class CtypesBackend(_Backend):
 
     def munmap(self, address, length):
         return self._call(self.libc.munmap, address, length)
+
+    def munlockall(self):
+        return self._call(self.libc.munlockall)
 
 
 def select_backend(choice="auto", arch=None):

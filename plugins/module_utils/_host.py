@@ -106,8 +106,23 @@ def process_status(path="/proc/self/status"):
         pass
     seccomp = int(fields["Seccomp"]) if fields.get("Seccomp", "").isdigit() else None
     cap_eff = fields.get("CapEff")
+    namespace = user_namespace()
     cap_sys_ptrace = bool(int(cap_eff, 16) & (1 << CAP_SYS_PTRACE)) if cap_eff else None
-    return {"seccomp": seccomp, "cap_sys_ptrace": cap_sys_ptrace}
+    if cap_sys_ptrace and namespace == "nested":
+        # The sysctl check asks for CAP_SYS_PTRACE in the initial user namespace; a
+        # rootless container's "root" has it only in its own.
+        cap_sys_ptrace = False
+    return {"seccomp": seccomp, "cap_sys_ptrace": cap_sys_ptrace, "user_namespace": namespace}
+
+
+def user_namespace(path="/proc/self/uid_map"):
+    """"initial" when the process maps every uid onto itself (the host's namespace), "nested" otherwise."""
+    try:
+        with open(path) as handle:
+            lines = [line.split() for line in handle]
+    except (IOError, OSError):
+        return None
+    return "initial" if lines == [["0", "0", "4294967295"]] else "nested"
 
 
 def _owner_name(uid):

@@ -195,6 +195,17 @@ def _observe_api(backend, res, used, device_path):
     return api, fd
 
 
+def _observe_munlockall(backend):
+    """QEMU calls munlockall() before registering RAM, and refuses post-copy when it fails.
+
+    DESIGN.md step 7 keeps munlockall() out of the module's process; here it runs in the forked
+    child, which holds no memory locks (they are not inherited across fork), so it changes nothing
+    and only shows whether a filter (e.g. systemd's SystemCallFilter=~@memlock) denies it.
+    """
+    ret, err = backend.munlockall()
+    return {"ok": ret == 0, "errno": errno_name(err)}
+
+
 def _register_range(backend, fd, address, length):
     ret, err, ioctls = backend.uffdio_register(fd, address, length, UFFDIO_REGISTER_MODE_MISSING)
     if ret != 0:
@@ -273,7 +284,7 @@ def _observe_hugetlbfs(backend, res, fd, hugepages):
 def observe(backend, page_size, memory_backends=("anonymous",), hugepages=None, device_first=True, device_path=DEVICE_PATH):
     """Record, as the calling process, every kernel answer the verdict needs."""
     res = _Resources(backend)
-    result = {"status": process_status(), "uid": os.geteuid(), "gid": os.getegid(), "api": None, "register": {}}
+    result = {"status": process_status(), "uid": os.geteuid(), "gid": os.getegid(), "api": None, "memlock": None, "register": {}}
     try:
         result["access"] = _observe_access(backend, res, device_path, device_first)
         used = result["access"]["used"]
@@ -281,6 +292,9 @@ def observe(backend, page_size, memory_backends=("anonymous",), hugepages=None, 
             return result
         result["api"], fd = _observe_api(backend, res, used, device_path)
         if fd is None:
+            return result
+        result["memlock"] = _observe_munlockall(backend)
+        if not result["memlock"]["ok"]:
             return result
         result["register"]["anonymous"] = _observe_anonymous(backend, res, fd, page_size)
         if "shmem" in memory_backends:

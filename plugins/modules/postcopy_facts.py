@@ -150,7 +150,7 @@ ansible_facts:
         - Stable ids of what is missing, empty when supported. One of C(userfaultfd), C(uffdio_api),
           C(uffdio_register), C(uffdio_unregister), C(uffdio_wake), C(uffdio_copy), C(uffdio_zeropage),
           C(target_page_size), C(missing_hugetlbfs), C(hugetlbfs_register), C(hugepages_reserved),
-          C(missing_shmem), C(shmem_register).
+          C(missing_shmem), C(shmem_register), C(munlockall).
       returned: always
       type: list
       elements: str
@@ -219,10 +219,25 @@ ansible_facts:
           type: int
           sample: 0
         cap_sys_ptrace:
-          description: Whether the probing process had C(CAP_SYS_PTRACE), which bypasses the sysctl.
+          description:
+            - Whether the probing process had C(CAP_SYS_PTRACE) in the initial user namespace, which bypasses the sysctl.
+            - False inside a user namespace (a rootless container), where the capability does not count for userfaultfd.
           returned: always
           type: bool
           sample: false
+        user_namespace:
+          description: V(initial) when the probe ran in the host's user namespace, V(nested) inside another one.
+          returned: always
+          type: str
+          sample: initial
+        memlock:
+          description:
+            - Whether C(munlockall) succeeded (C(ok), C(errno)). QEMU calls it before registering guest RAM and
+              refuses post-copy when a filter denies it. Null when no userfaultfd could be had.
+            - Called only in the forked probe child, which holds no memory locks.
+          returned: always
+          type: dict
+          sample: {"ok": true, "errno": null}
         api:
           description: Features and ioctls C(UFFDIO_API) offered; null when no userfaultfd could be had.
           returned: always

@@ -102,20 +102,10 @@ IOCTLS = {
     "IOC_NEW": "0x0000AA00",  # USERFAULTFD_IOC_NEW on /dev/userfaultfd (QEMU 8.0+)
 }
 
-MUNLOCKALL_FINDING = (
-    "QEMU 7.2's host check calls munlockall() (postcopy_ram_supported_by_host) and refuses when it fails; "
-    "the probe never calls munlockall (DESIGN step 7), so a filter denying it (systemd SystemCallFilter=~@memlock) "
-    "is reported as supported"
-)
 NOFILE_FINDING = (
     "QEMU 7.2 already holds 11 (TCG) or 14 (KVM) file descriptors when it checks, the probe far fewer: just below "
     "QEMU's need its userfaultfd() fails with EMFILE while the probe's succeeds (only QEMU's own fd count can tell)"
 )
-USERNS_FINDING = (
-    "verdict agrees, cause does not: root of a user namespace holds CAP_SYS_PTRACE only there, the kernel checks it in "
-    "the initial namespace; the probe reads CapEff, sees CAP_SYS_PTRACE and blames an LSM instead of the sysctl"
-)
-
 # One row per condition; "-" is empty. deny/ioctls may list several specs separated by commas.
 TABLE = """
 id                       acct sysctl dev  deny               ioctls            wrap           guest     qemu     facts (missing/cause)
@@ -138,7 +128,7 @@ root-api-EPERM           root 0      0600 -                  API:EPERM         -
 root-register-EINVAL     root 0      0600 -                  REGISTER:EINVAL   -              anonymous refuses  uffdio_register/kernel_config
 root-register-EPERM      root 0      0600 -                  REGISTER:EPERM    -              anonymous refuses  uffdio_register/seccomp
 root-unregister-EINVAL   root 0      0600 -                  UNREGISTER:EINVAL -              anonymous refuses  uffdio_unregister/kernel_config
-root-munlockall-EPERM    root 0      0600 munlockall:EPERM   -                 -              anonymous refuses  -
+root-munlockall-EPERM    root 0      0600 munlockall:EPERM   -                 -              anonymous refuses  munlockall/seccomp
 root-no-ptrace-sysctl0   root 0      0600 -                  -                 no-ptrace      anonymous refuses  userfaultfd/unprivileged_userfaultfd_sysctl
 root-no-ptrace-sysctl1   root 1      0600 -                  -                 no-ptrace      anonymous accepts  -
 user-ptrace-sysctl0      user 0      0600 -                  -                 ambient-ptrace anonymous accepts  -
@@ -156,8 +146,6 @@ root-qemu-sandbox        root 0      0600 -                  -                 -
 
 #: rows where we do not agree with QEMU today, and in what: the verdict, or only the cause
 FINDINGS = {
-    "root-munlockall-EPERM": ("verdict", MUNLOCKALL_FINDING),
-    "user-userns-sysctl0": ("cause", USERNS_FINDING),
     "root-nofile12": ("verdict", NOFILE_FINDING),
     "root-nofile15": ("verdict", NOFILE_FINDING),
 }

@@ -40,9 +40,9 @@ def qemu9(tmp_path):
     return hostctl.fake_qemu(tmp_path, "9.1.0")
 
 
-def gather_in_process(params, deny=(), python=None, user=None):
-    """Run the real gather in a new process, optionally under seccomp_exec.py; return its output."""
-    command = [python or sys.executable, GATHER, json.dumps(params)]
+def gather_in_process(params, deny=(), python=None, user=None, prefix=()):
+    """Run the real gather in a new process, optionally under seccomp_exec.py and a prefix command; return its output."""
+    command = list(prefix) + [python or sys.executable, GATHER, json.dumps(params)]
     if deny or user:
         wrapper = [sys.executable, hostctl.SECCOMP_EXEC]
         for spec in deny:

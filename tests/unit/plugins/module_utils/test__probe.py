@@ -202,3 +202,22 @@ def test_without_root_the_probe_runs_as_self_and_warns(test_user, gather):
     assert out["warnings"] == [
         "not running as root: probing as %s instead of nobody, the verdict may differ for QEMU's account" % test_user.pw_name
     ]
+
+
+def test_munlockall_denied_is_named_like_qemu_does(root, gather):
+    # QEMU 7.2 refuses post-copy when munlockall() fails (tests/agreement shows it); so do we.
+    facts = gather({"qemu_binary": QEMU72}, deny=["munlockall:EPERM"])["ansible_facts"]
+    assert facts["postcopy_missing_features"] == ["munlockall"]
+    assert causes_of(facts) == [("munlockall", "seccomp")]
+    assert facts["postcopy"]["memlock"] == {"ok": False, "errno": "EPERM"}
+
+
+def test_capability_in_a_user_namespace_does_not_count(test_user, gather):
+    # A rootless container's root: CAP_SYS_PTRACE in its own namespace, not in the host's.
+    def run():
+        return gather({"qemu_binary": QEMU72}, user=test_user.pw_name, python="/usr/bin/python3", prefix=["unshare", "--user", "--map-root-user"])
+
+    facts = hostctl.steady(run, sysctl=0)["ansible_facts"]
+    assert facts["postcopy"]["user_namespace"] == "nested"
+    assert facts["postcopy"]["cap_sys_ptrace"] is False
+    assert causes_of(facts) == [("userfaultfd", "unprivileged_userfaultfd_sysctl")]
