@@ -3,7 +3,7 @@
 #
 #   ./dev.sh preflight [ansible-playbook args]   run the hypervisor.migration.preflight playbook
 #   ./dev.sh test                                run every test stage, then print a summary
-#   ./dev.sh STAGE                               run one stage: ruff changelog unit integration
+#   ./dev.sh STAGE                               run one stage: ruff changelog unit agreement integration
 #                                                sanity lint molecule bench
 #   ./dev.sh setup                               only prepare the machine and .venv/
 #   ./dev.sh shell                               a shell with the environment dev.sh uses
@@ -34,7 +34,7 @@ APT_PACKAGES=(qemu-system-x86 qemu-utils python3-seccomp libseccomp2 chromium fo
 # Unprivileged account the unit and integration tests switch to.
 export HVM_TEST_USER=hvm-probe-test
 TEST_USER_STATE=/run/hvm-probe-test.dev-sh
-STAGES=(ruff changelog unit integration sanity lint molecule bench)
+STAGES=(ruff changelog unit agreement integration sanity lint molecule bench)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
@@ -205,6 +205,12 @@ stage_unit() {
         return 0
     fi
     PYTHONPATH="$COLLECTIONS${PYTHONPATH:+:$PYTHONPATH}" pytest tests/unit -q -p no:cacheprovider
+}
+
+# QEMU itself judges the facts, condition by condition (tests/agreement/agreement_conditions.py).
+# docs/agreement.md is rewritten from a run by hand: pytest tests/agreement --agreement-report=docs/agreement.md
+stage_agreement() {
+    PYTHONPATH="$COLLECTIONS${PYTHONPATH:+:$PYTHONPATH}" pytest tests/agreement -q -p no:cacheprovider
 }
 
 # Prints the targets to run, one per line, and the skipped ones on stderr.
@@ -378,7 +384,7 @@ stage_bench() {
 # running stages
 
 needs_test_user() {
-    case $1 in unit | integration | molecule | bench) return 0 ;; *) return 1 ;; esac
+    case $1 in unit | agreement | integration | molecule | bench) return 0 ;; *) return 1 ;; esac
 }
 
 now() { date +%s%N; }
