@@ -159,13 +159,13 @@ def splice(document, reference, doc_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file is stale")
     parser.add_argument("--role", default=os.path.join(REPO, "roles", "postcopy"))
     parser.add_argument("--doc", default=os.path.join(REPO, "docs", "role.md"))
     args = parser.parse_args(argv)
     try:
-        _, options = load_options(args.role)
+        options = load_options(args.role)[1]
         with open(args.doc) as f:
             document = f.read()
         wanted = {

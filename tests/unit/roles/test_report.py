@@ -270,12 +270,12 @@ def test_json_report_has_every_host_and_group(data):
 
 def test_matrix_rows_say_enabled_or_disabled(dom, data):
     for row in data["hosts"]:
-        tag, attrs, text = dom.one("tr", data_host=row["host"])
+        attrs = dom.one("tr", data_host=row["host"])[1]
         assert attrs["data-enabled"] == ("true" if row["enabled"] else "false")
         cells = row_cells(dom, row["host"])
         assert cells["enabled"][1] == ("ENABLED" if row["enabled"] else "DISABLED")
         assert cells["supported"][1] == ("supported" if row["supported"] else "not supported")
-    assert [a["data-feature"] for _, a, _ in dom.find("th", **{"class": "feature"})] == data["features"]
+    assert [found[1]["data-feature"] for found in dom.find("th", **{"class": "feature"})] == data["features"]
 
 
 def test_matrix_names_each_missing_feature_cause_and_remedy(dom):
@@ -317,7 +317,7 @@ def test_matrix_shows_the_canary_time(dom, data):
 
 
 def test_summary_and_self_contained(dom):
-    counts = dict((a["data-count"], text) for _, a, text in dom.find("li") if "data-count" in a)
+    counts = dict((attrs["data-count"], text) for tag, attrs, text in dom.find("li") if "data-count" in attrs)
     assert counts["hosts"] == "6 hosts"
     assert counts["enabled"] == "2 post-copy enabled"
     assert counts["disabled"] == "4 disabled"
