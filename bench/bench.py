@@ -67,6 +67,8 @@ GOALS = {
 # docs/performance.md says what would close each; remove the entry when it is closed.
 # BENCH_STRICT=1 (or --strict) ignores these and holds every figure to its goal.
 KNOWN_MISSES = {
+    "adhoc_root": (1.4, "borderline here (1.03-1.18 over four runs): cffi's start-up is ~40 ms of the module's ~100 ms over ping"),
+    "adhoc_account": (1.4, "borderline here (1.15-1.21 over four runs): cffi's start-up is ~40 ms of the module's ~130 ms over ping"),
     "fleet": (2.0, "the role's probe entry point runs 3 tasks per host (argument spec, assert, module) where ping runs 1"),
     "fleet_memory": (1.4, "the role's two controller-side tasks per host grow every worker; postcopy_facts alone stays within 5%"),
     "facts_modules": (3.5, "a second fact module is a second module process; with two modules Ansible gathers in parallel via async"),
@@ -304,10 +306,10 @@ def fig_adhoc(ctx):
     times = ctx.hyperfine("adhoc", commands, size["adhoc_runs"], warmup=1)
     cpu = dict((label, ctx.cpu("adhoc-" + label, skip=1)) for label, _m, _a in names)
     rows = [ratio_row("postcopy_facts ad-hoc, as root / ping ad-hoc", times["facts_root"], times["ping"], GOALS["adhoc_root"],
-                      cpu=(cpu["facts_root"], cpu["ping"]))]
+                      cpu=(cpu["facts_root"], cpu["ping"]), known_miss=KNOWN_MISSES.get("adhoc_root"))]
     if ctx.account:
         rows.append(ratio_row("postcopy_facts ad-hoc, switch to %s / ping ad-hoc" % ctx.account, times["facts_account"], times["ping"],
-                              GOALS["adhoc_account"], cpu=(cpu["facts_account"], cpu["ping"])))
+                              GOALS["adhoc_account"], cpu=(cpu["facts_account"], cpu["ping"]), known_miss=KNOWN_MISSES.get("adhoc_account")))
     else:
         rows.append(pending_row("postcopy_facts ad-hoc, account switch / ping ad-hoc", "<= 1.15", "needs root and the account %s" % TEST_USER))
     if "facts_ctypes" in times:
