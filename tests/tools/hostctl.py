@@ -15,6 +15,7 @@ import subprocess
 
 __all__ = [
     "DEVICE",
+    "child_pids",
     "SECCOMP_EXEC",
     "SYSCTL",
     "TEST_USER",
@@ -125,3 +126,17 @@ def fake_qemu(directory, version):
         handle.write("#!/bin/sh\necho 'QEMU emulator version %s (stand-in for tests)'\n" % version)
     os.chmod(path, 0o755)
     return path
+
+
+def child_pids():
+    """Pids (as strings) whose parent is this process: a reaped child is not one."""
+    me = str(os.getpid())
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % pid) as stat:
+                if stat.read().rsplit(")", 1)[1].split()[1] == me:
+                    found.append(pid)
+        except (OSError, IndexError):
+            continue
+    return found

@@ -30,11 +30,10 @@ import time
 from collections import namedtuple
 
 import pyseccomp
-import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.hypervisor.migration.plugins.module_utils import _facts, _switch
 from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import ioctl_requests
 from ansible_collections.hypervisor.migration.plugins.modules import postcopy_facts
+from module_main import run_module_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
@@ -199,9 +198,7 @@ def install_in_child(monkeypatch, spec):
 
 def run_module_here(capsys, options):
     """postcopy_facts.main() in this process; the module's JSON answer."""
-    with patch_module_args(options), pytest.raises(SystemExit):
-        postcopy_facts.main()
-    return json.loads(capsys.readouterr().out)
+    return run_module_main(postcopy_facts.main, options, capsys)
 
 
 # --------------------------------------------------------------------------------------------

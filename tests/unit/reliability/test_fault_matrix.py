@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import hostctl
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -256,7 +257,6 @@ def ids(rows):
 # the tests
 
 import fault_kit  # noqa: E402
-import hostctl  # noqa: E402  (tests/tools, on sys.path through tests/unit/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -267,19 +267,6 @@ def ctx(tmp_path_factory):
         pytest.skip("no Debian QEMU 7.2 at %s" % QEMU72)
     qemu_dir = tmp_path_factory.mktemp("qemu9")
     return {"qemu9": hostctl.fake_qemu(qemu_dir, "9.1.0"), "user": hostctl.ensure_test_user().pw_name}
-
-
-def children_of_this_process():
-    me = str(os.getpid())
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open("/proc/%s/stat" % pid) as stat:
-                if stat.read().rsplit(")", 1)[1].split()[1] == me:
-                    found.append(pid)
-        except (OSError, IndexError):
-            continue
-    return found
 
 
 def test_rows_are_unique_and_documented():
@@ -300,7 +287,7 @@ def test_fault_in_the_probe_child(fault, ctx, capsys, monkeypatch):
     expect = fault.expect._replace(pattern=fault.expect.pattern and fault.expect.pattern.format(**ctx))
     answer = fault_kit.run_module_here(capsys, fault_kit.format_options(fault.options, ctx))
     fault_kit.check(expect, answer)
-    assert children_of_this_process() == []
+    assert hostctl.child_pids() == []
 
 
 def _under_host_state(fault, func):

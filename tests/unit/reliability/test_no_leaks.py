@@ -14,6 +14,7 @@ kernel time here, each fork of this (large) pytest process ~25 ms: hence the cou
 import os
 import time
 
+import hostctl
 import pytest
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import HAS_CFFI, select_backend
@@ -27,19 +28,6 @@ CHILD_RUNS = 300
 GATHER_RUNS = 50
 WARM_UP = 20
 BACKENDS = ["ctypes"] + (["cffi"] if HAS_CFFI else [])
-
-
-def children():
-    me = str(os.getpid())
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open("/proc/%s/stat" % pid) as stat:
-                if stat.read().rsplit(")", 1)[1].split()[1] == me:
-                    found.append(pid)
-        except (OSError, IndexError):
-            continue
-    return found
 
 
 def fds():
@@ -66,7 +54,7 @@ def all_mappings():
 
 
 def snapshot():
-    return {"fds": fds(), "children": children(), "probe_mappings": probe_mappings(), "mappings": len(all_mappings())}
+    return {"fds": fds(), "children": hostctl.child_pids(), "probe_mappings": probe_mappings(), "mappings": len(all_mappings())}
 
 
 def unchanged(before, after):

@@ -8,22 +8,14 @@ import os
 import signal
 import time
 
+import hostctl
 import pytest
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import resolve_account
 from ansible_collections.hypervisor.migration.plugins.module_utils._switch import ChildError, run_in_child
 
 
 def no_zombie_children():
-    me = str(os.getpid())
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open("/proc/%s/stat" % pid) as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == me:
-            return False
-    return True
+    return hostctl.child_pids() == []
 
 
 def test_result_comes_back_through_the_pipe():

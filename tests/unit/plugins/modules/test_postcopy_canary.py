@@ -10,9 +10,9 @@ import sys
 
 import hostctl
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.hypervisor.migration.plugins.module_utils import _canary
 from ansible_collections.hypervisor.migration.plugins.modules import postcopy_canary
+from module_main import run_module_main
 
 QEMU = "/usr/bin/qemu-system-x86_64"
 needs_qemu = pytest.mark.skipif(not os.access(QEMU, os.X_OK), reason="needs qemu-system-x86_64")
@@ -25,11 +25,7 @@ FACT_KEYS = {
 
 
 def run_module(capsys, args):
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        postcopy_canary.main()
-    result = json.loads(capsys.readouterr().out)
-    result["rc"] = exit_info.value.code
-    return result
+    return run_module_main(postcopy_canary.main, args, capsys)
 
 
 @pytest.mark.parametrize(

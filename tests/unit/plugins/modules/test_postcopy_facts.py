@@ -3,19 +3,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """postcopy_facts through AnsibleModule's real argument handling: messages, check mode, facts."""
 
-import json
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.hypervisor.migration.plugins.modules import postcopy_facts
+from module_main import run_module_main
 
 
 def run_module(capsys, args):
-    with patch_module_args(args), pytest.raises(SystemExit) as exit_info:
-        postcopy_facts.main()
-    result = json.loads(capsys.readouterr().out)
-    result["rc"] = exit_info.value.code
-    return result
+    return run_module_main(postcopy_facts.main, args, capsys)
 
 
 @pytest.mark.parametrize(
