@@ -125,7 +125,9 @@ def _access_causes(obs, ctx):
     causes = [_cause("userfaultfd", cause, detail, remedy)]
     if not ctx["uses_device"] and device["usable"]:
         detail = "/dev/userfaultfd is usable but QEMU %s only uses the syscall" % ctx["qemu_version"]
-        causes.append(_cause("userfaultfd", "qemu_too_old_for_device", detail))
+        # The sysctl only helps when it is what refused the syscall (not seccomp, not an LSM).
+        remedy = None if cause == "unprivileged_userfaultfd_sysctl" else "Upgrade QEMU to 8.0+, which opens /dev/userfaultfd (usable here) first."
+        causes.append(_cause("userfaultfd", "qemu_too_old_for_device", detail, remedy))
     elif ctx["uses_device"] and device["present"] and not device["usable"]:
         if device["errno"] in ("EACCES", "EPERM") and device["failed_step"] == "open":
             detail = "open(/dev/userfaultfd) as %s failed with %s (mode %s %s:%s)" % (

@@ -151,3 +151,19 @@ def test_missing_features_follow_the_documented_order():
     missing, _causes = diagnose(obs, _ctx(target_page_size=65536))
     assert missing == ["userfaultfd", "target_page_size"]
     assert missing == [f for f in FEATURES if f in missing]
+
+
+def test_sysctl_is_offered_for_an_old_qemu_only_when_it_is_the_cause():
+    device = {"present": True, "usable": True, "errno": None, "failed_step": None}
+    ctx = _ctx(uses_device=False, qemu_version="7.2.22")
+    by_sysctl = _obs(
+        status={"seccomp": 0, "cap_sys_ptrace": False},
+        access={"device": device, "syscall": {"usable": False, "errno": "EPERM", "user_mode_only_usable": True}, "used": None},
+    )
+    by_filter = _obs(
+        status={"seccomp": 2, "cap_sys_ptrace": True},
+        access={"device": device, "syscall": {"usable": False, "errno": "EPERM", "user_mode_only_usable": False}, "used": None},
+    )
+    old_qemu = [c for c in diagnose(by_sysctl, ctx)[1] + diagnose(by_filter, ctx)[1] if c["cause"] == "qemu_too_old_for_device"]
+    assert "vm.unprivileged_userfaultfd=1" in old_qemu[0]["remedy"]
+    assert old_qemu[1]["remedy"] == "Upgrade QEMU to 8.0+, which opens /dev/userfaultfd (usable here) first."
