@@ -60,4 +60,3 @@ def gather_in_process(params, deny=(), python=None, user=None, prefix=()):
 @pytest.fixture
 def gather():
     return gather_in_process
-
