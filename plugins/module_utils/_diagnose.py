@@ -167,9 +167,9 @@ def _register_causes(result, seccomp, register_feature, what, required=("WAKE", 
     if result["ok"] is None:
         return {}
     if not result["ok"]:
-        feature = "uffdio_unregister" if result["step"] == "unregister" else register_feature
+        # A failed unregister keeps ok true (registering worked); it is judged below.
         detail = "%s of %s failed with %s" % (result["step"], what, result["errno"])
-        return {feature: _cause(feature, errno_cause(result["errno"], seccomp), detail)}
+        return {register_feature: _cause(register_feature, errno_cause(result["errno"], seccomp), detail)}
     missing = {}
     for ioctl in required:
         if ioctl not in result["ioctls"]:
