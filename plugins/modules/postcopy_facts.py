@@ -67,8 +67,10 @@ options:
   ffi_backend:
     description:
       - How the probe makes its system calls.
-      - V(auto) uses cffi (ABI mode) when the managed host's Python can import it, else ctypes.
-      - V(cffi) fails when cffi is missing; V(ctypes) needs nothing beyond the standard library.
+      - V(auto) uses cffi (out-of-line ABI mode) when the managed host's Python has cffi's C extension
+        C(_cffi_backend), else ctypes. The declarations ship precompiled, so the C(cffi) package and
+        pycparser are not needed; Debian's C(python3-cffi-backend) is enough.
+      - V(cffi) fails when C(_cffi_backend) is missing; V(ctypes) needs nothing beyond the standard library.
     type: str
     choices: [auto, cffi, ctypes]
     default: auto
@@ -97,7 +99,7 @@ notes:
     libvirt may run under others; M(hypervisor.migration.postcopy_canary) runs a real migration.
 requirements:
   - Python 3.8 or newer on the managed host.
-  - cffi on the managed host for O(ffi_backend=cffi) (optional).
+  - cffi's C extension C(_cffi_backend) on the managed host for O(ffi_backend=cffi) (optional).
 seealso:
   - module: hypervisor.migration.postcopy_canary
   - name: Kernel documentation on userfaultfd

@@ -5,6 +5,8 @@
 
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 from ansible_collections.hypervisor.migration.plugins.module_utils import _ffi
@@ -71,3 +73,50 @@ def test_cffi_missing_is_reported(monkeypatch):
     with pytest.raises(_ffi.BackendUnavailable):
         _ffi.CffiBackend()
     assert _ffi.select_backend("auto").name == "ctypes"
+
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", ".."))
+STRUCTS = ("struct uffdio_api", "struct uffdio_range", "struct uffdio_register")
+
+
+def layout(ffi):
+    return [(name, ffi.sizeof(name), [(field, ffi.offsetof(name, field)) for field, _t in ffi.typeof(name).fields]) for name in STRUCTS]
+
+
+def test_precompiled_table_is_current():
+    # The table is generated from _CDEF; editing one without the other must fail here.
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "tools", "cffi_table.py"), "--check"], stdout=subprocess.PIPE, check=False)
+    assert proc.returncode == 0, proc.stdout.decode()
+
+
+def test_precompiled_table_declares_what_the_parser_declares():
+    table, parsed = _ffi.cffi_ffi(), _ffi.cffi_ffi(precompiled=False)
+    assert layout(table) == layout(parsed)
+    assert layout(table)[2] == ("struct uffdio_register", 32, [("range", 0), ("mode", 16), ("ioctls", 24)])
+    for func in ("syscall", "ioctl", "mmap", "munmap", "munlockall"):
+        assert table.typeof(getattr(table.dlopen(None), func)) == table.typeof(getattr(parsed.dlopen(None), func))
+
+
+def test_a_rejected_table_falls_back_to_parsing(monkeypatch):
+    # A cffi from outside the versions this table's format supports: stand-in for one we cannot install here.
+    monkeypatch.setitem(_ffi.TYPE_TABLE, "_version", 0x1000)
+    ffi = _ffi.cffi_ffi()
+    assert ffi.sizeof("struct uffdio_api") == 24
+
+
+def test_no_cffi_at_all_is_backend_unavailable(monkeypatch):
+    monkeypatch.setitem(_ffi.TYPE_TABLE, "_version", 0x1000)
+    monkeypatch.setitem(sys.modules, "cffi", None)
+    with pytest.raises(_ffi.BackendUnavailable, match=r"cffi cannot declare the userfaultfd calls \(ffi_from_table: .*; ffi_from_cdef: "):
+        _ffi.cffi_ffi()
+
+
+def test_the_default_backend_never_loads_the_c_parser():
+    # ~45 ms of a module run went to pycparser before the table; a fresh interpreter proves it stays out.
+    code = (
+        "import sys\n"
+        "from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import select_backend\n"
+        "print(select_backend('auto').name, sorted(m for m in ('cffi', 'pycparser') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, check=True).stdout.decode().split(None, 1)
+    assert out == ["cffi", "[]\n"]
