@@ -4,11 +4,17 @@
 """The post-copy canary: a real loopback post-copy migration between two throw-away QEMUs.
 
 The facts module reasons about the kernel; this asks QEMU itself. A source QEMU boots a
-tiny guest generated here (a boot sector that keeps writing to every page of its RAM), a
+tiny guest generated here (a boot sector that keeps writing across its RAM), a
 destination QEMU waits with ``-incoming defer``, and the source migrates to it over a unix
 socket: pre-copy throttled so that it cannot finish, then ``migrate-start-postcopy``. The
 destination then runs the guest before its RAM has arrived, so every page the guest
 touches first is a userfaultfd fault served by the source (``postcopy-requests``).
+
+The guest writes one page in every eight (GUEST_STRIDE). Every page it writes is dirty and
+non-zero, so it must really travel; the seven between stay zero and cross as zero pages. Writing
+every page made the canary twice as long (the guest's first pass, and placing 65,536 pages
+with UFFDIO_COPY) and changed nothing the canary proves: page requests stay in the hundreds
+or thousands either way (measured 969-1,972 TCG, 462-1,015 KVM at 256 MiB).
 
 Both QEMUs run as the account QEMU runs as on the host, in their own process groups,
 from a private work directory; all of it is removed on every way out.
@@ -60,6 +66,7 @@ __all__ = [
     "GUEST_COUNTER_ADDR",
     "GUEST_MAGIC",
     "GUEST_MAGIC_ADDR",
+    "GUEST_STRIDE",
     "KVM_DEVICE",
     "MEMORY_MB_RANGE",
     "TIMEOUT_RANGE",
@@ -91,7 +98,8 @@ _BOOT_ADDR = 0x7C00
 _WRITE_FROM = 0x100000  # the first megabyte holds the BIOS hole; start above it
 # Below 2 GiB all RAM is contiguous on every PC machine type (q35 puts its PCI hole there).
 _WRITE_LIMIT_MB = 2048
-_PAGE = 4096
+# One page in eight: the pages between stay zero (see the module docstring).
+GUEST_STRIDE = 8 * 4096
 _ROM_SIZE = 0x10000  # QEMU takes -bios images in multiples of 64 KiB
 _ROM_SEGMENT = 0xF000  # where the last 64 KiB of the BIOS image appear below 1 MiB
 _ROM_SECTOR_OFFSET = 0x100
@@ -102,8 +110,8 @@ _DATA_SELECTOR = 0x10
 # Pre-copy at 16 MiB/s cannot finish a guest that dirties every page several times a second,
 # so the migration is certainly still in pre-copy when post-copy is asked for.
 _PRECOPY_BANDWIDTH = 16 << 20
-# The guest must have written every page once before the migration starts (counter >= 2):
-# then no page is still zero on the source, and the destination must fetch each one.
+# The guest must have made one whole pass before the migration starts (counter >= 2): then
+# every page it writes is non-zero on the source, and the destination must fetch each one.
 _GUEST_READY_PASSES = 2
 _POLL = 0.01
 _REAP_TIMEOUT = 10.0
@@ -209,7 +217,7 @@ def _enter_protected_mode(asm):
 
 
 def _write_pages_forever(asm, top):
-    """32-bit loop: bump the pass counter, then write it into the first dword of every page."""
+    """32-bit loop: bump the pass counter, then write it into the first dword of every GUEST_STRIDE bytes."""
     asm.label("protected")
     asm.emit(0x66, 0xB8, _u16(_DATA_SELECTOR))  # mov ax, 0x10: flat 4 GiB data segment
     asm.emit(0x8E, 0xD8)  # mov ds, ax
@@ -225,7 +233,7 @@ def _write_pages_forever(asm, top):
     # Writing, not reading: a written page is dirty on the source and non-zero, so it must
     # really travel, and on the destination a write to a missing page is a userfault.
     asm.emit(0x89, 0x17)  # mov [edi], edx
-    asm.emit(0x81, 0xC7, _u32(_PAGE))  # add edi, 4096
+    asm.emit(0x81, 0xC7, _u32(GUEST_STRIDE))  # add edi, 32 KiB
     asm.emit(0x81, 0xFF, _u32(top))  # cmp edi, top
     asm.emit(0x72)  # jb page
     asm.ref("page", "rel8")
@@ -246,10 +254,11 @@ def _flat_gdt(asm):
 
 
 def boot_sector(memory_mb):
-    """The canary guest: 512 bytes the BIOS boots, that write to every 4 KiB page of RAM forever.
+    """The canary guest: 512 bytes the BIOS boots, that write across its RAM forever.
 
     It switches to 32-bit protected mode with a flat GDT and loops over [1 MiB, top), top
-    being the guest's RAM capped at 2 GiB, writing the pass number into each page; the pass
+    being the guest's RAM capped at 2 GiB, writing the pass number into the first page of every
+    GUEST_STRIDE bytes; the pass
     number is also kept at GUEST_COUNTER_ADDR and "CNRY" at GUEST_MAGIC_ADDR.
     """
     top = min(int(memory_mb), _WRITE_LIMIT_MB) << 20
@@ -710,7 +719,7 @@ class _Canary:
         return _parse_xp(reply or "")
 
     def _wait_guest_writing(self):
-        self.step = "waiting for the guest to boot and write every page once"
+        self.step = "waiting for the guest to boot and make one pass over its RAM"
         while True:
             counter, magic = self._guest_words("source")
             if magic == GUEST_MAGIC and counter >= _GUEST_READY_PASSES:

@@ -16,7 +16,7 @@ description:
   - Performs a real post-copy live migration of RAM on the host, over a unix socket, between two
     throw-away QEMU processes started from the host's own QEMU binary as the account QEMU runs as.
   - The source QEMU boots a tiny guest the module generates (a 512-byte boot sector that keeps writing
-    to every page of its RAM, loaded by a 64 KiB firmware image of its own instead of SeaBIOS, so that
+    across its RAM, to one page in every eight, loaded by a 64 KiB firmware image of its own instead of SeaBIOS, so that
     it starts at once even under nested KVM and needs no disk). Pre-copy is throttled so it cannot finish, then C(migrate-start-postcopy)
     switches to post-copy; the destination runs the guest before its RAM has arrived and faults each
     missing page in through userfaultfd (RV(ansible_facts.postcopy_canary.postcopy_requests)).
@@ -64,7 +64,7 @@ options:
     version_added: 1.0.0
   memory_mb:
     description:
-      - Guest RAM in MiB, between 16 and 65536. The guest writes to every page from 1 MiB up to the end of its RAM, or to 2 GiB.
+      - Guest RAM in MiB, between 16 and 65536. The guest writes to one page in every eight (every 32 KiB) from 1 MiB up to the end of its RAM, or to 2 GiB.
       - Both QEMUs may allocate this much, so up to twice this much memory is used for a moment.
     type: int
     default: 256

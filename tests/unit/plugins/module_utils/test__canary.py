@@ -84,7 +84,7 @@ def test_boot_sector_disassembles_to_the_intended_code(tmp_path):
         "mov %edx,0x500",
         "mov $0x100000,%edi",
         "mov %edx,(%edi)",
-        "add $0x1000,%edi",
+        "add $0x8000,%edi",
         "cmp $0x10000000,%edi",
         "jb 0x7c41",
         "jmp 0x7c35",
@@ -148,11 +148,15 @@ def test_the_guest_boots_and_writes_every_page(canary_tmp):
         with QMPClient(sock) as qmp:
             qmp.connect(10, alive=lambda: process.poll() is None)
             before = _wait_counter(qmp, 3)
-            values = [_xp(qmp, address) for address in (0x100000, 0x100000 + 4096 * 77, (32 << 20) - 4096)]
+            stride = _canary.GUEST_STRIDE
+            written = [_xp(qmp, address) for address in (0x100000, 0x100000 + stride * 77, (32 << 20) - stride)]
+            between = [_xp(qmp, address) for address in (0x100000 + 4096, 0x100000 + stride * 77 + 4096 * 7, (32 << 20) - 4096)]
             after = _wait_counter(qmp, before)
-            # Every page from 1 MiB to the top holds the number of a pass that ran while we read.
-            for value in values:
+            # The first page of every stride from 1 MiB to the top holds the number of a pass that
+            # ran while we read; the pages between are never written.
+            for value in written:
                 assert before - 1 <= value <= after
+            assert stride == 8 * 4096 and between == [0, 0, 0]
     finally:
         process.kill()
         process.wait()
