@@ -1,0 +1,67 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to hypervisor.migration
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How bench/ judges a ratio: CI fails only on a miss beyond the noise the run measured."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import bench  # noqa: E402
+import benchlib  # noqa: E402
+
+BASE = [1.00, 1.02, 0.98, 1.01, 0.99, 1.00]
+
+
+def scaled(factor, spread=0.0):
+    return [v * factor * (1 + spread * ((-1) ** i) * (i % 3)) for i, v in enumerate(BASE)]
+
+
+def judged(ours, goal=1.10, **kwargs):
+    return bench.ratio_row("figure", ours, BASE, goal, **kwargs)
+
+
+def test_a_ratio_under_its_goal_passes():
+    row = judged(scaled(1.05))
+    assert (row["status"], row["pass"]) == ("pass", "yes")
+    assert bench.exit_status([row]) == 0
+
+
+def test_a_miss_inside_the_measured_noise_does_not_fail():
+    row = judged(scaled(1.12, spread=0.08))
+    ratio, low, _high = benchlib.ratio_interval(scaled(1.12, spread=0.08), BASE)
+    assert ratio > 1.10 >= low
+    assert row["status"] == "noise"
+    assert bench.exit_status([row]) == 0
+
+
+def test_a_miss_beyond_the_noise_fails_the_run():
+    row = judged(scaled(1.30))
+    assert (row["status"], row["pass"]) == ("fail", "NO")
+    assert bench.exit_status([row]) == 1
+
+
+def test_an_informational_miss_never_fails_the_run():
+    assert bench.exit_status([judged(scaled(1.30), gating=False)]) == 0
+
+
+@pytest.mark.parametrize("factor, status, code", [(2.0, "known", 0), (4.0, "fail", 1)])
+def test_an_unreachable_goal_fails_only_over_its_ceiling(factor, status, code):
+    row = judged(scaled(factor), known_miss=(3.5, "why"))
+    assert row["status"] == status
+    assert bench.exit_status([row]) == code
+
+
+def test_strict_holds_an_unreachable_goal_to_the_goal(monkeypatch):
+    monkeypatch.setitem(bench.OPTIONS, "strict", True)
+    assert judged(scaled(2.0), known_miss=(3.5, "why"))["status"] == "fail"
+
+
+def test_only_facts_modules_is_excused():
+    # Every other goal is held to its goal; an entry here needs its reason in docs/performance.md.
+    assert sorted(bench.UNREACHABLE) == ["facts_modules"]
+    assert bench.UNREACHABLE["facts_modules"][0] < 4
