@@ -17,7 +17,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import ctypes
 import traceback
 
 from ansible_collections.hypervisor.migration.plugins.module_utils._cffi_uffd import MODULE_NAME, TYPE_TABLE
@@ -37,8 +36,8 @@ __all__ = [
     "BACKEND_CHOICES",
     "CFFI_IMPORT_ERROR",
     "BackendUnavailable",
+    "Backend",
     "CffiBackend",
-    "CtypesBackend",
     "HAS_CFFI",
     "cffi_ffi",
     "select_backend",
@@ -91,7 +90,7 @@ def cffi_ffi(precompiled=True):
     raise BackendUnavailable("cffi cannot declare the userfaultfd calls (%s)" % "; ".join(reasons))
 
 
-class _Backend(object):
+class Backend(object):
     """Interface: each call returns (result..., errno) with errno 0 on success."""
 
     name = None
@@ -128,7 +127,7 @@ class _Backend(object):
         raise NotImplementedError
 
 
-class CffiBackend(_Backend):
+class CffiBackend(Backend):
     name = "cffi"
     _ffi = None
     _lib = None
@@ -185,83 +184,18 @@ class CffiBackend(_Backend):
         return self._call(self.lib.munlockall)
 
 
-class _UffdioApi(ctypes.Structure):
-    _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64), ("ioctls", ctypes.c_uint64)]
-
-
-class _UffdioRange(ctypes.Structure):
-    _fields_ = [("start", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-
-class _UffdioRegister(ctypes.Structure):
-    _fields_ = [("range", _UffdioRange), ("mode", ctypes.c_uint64), ("ioctls", ctypes.c_uint64)]
-
-
-class CtypesBackend(_Backend):
-    name = "ctypes"
-    _libc = None
-
-    def __init__(self, arch=None):
-        super(CtypesBackend, self).__init__(arch)
-        if CtypesBackend._libc is None:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.syscall.restype = ctypes.c_long
-            libc.ioctl.restype = ctypes.c_int
-            libc.mmap.restype = ctypes.c_void_p
-            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-            libc.munmap.restype = ctypes.c_int
-            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            libc.munlockall.restype = ctypes.c_int
-            libc.munlockall.argtypes = []
-            CtypesBackend._libc = libc
-        self.libc = CtypesBackend._libc
-
-    @staticmethod
-    def _call(func, *args):
-        ctypes.set_errno(0)
-        ret = func(*args)
-        return ret, (ctypes.get_errno() if ret == -1 else 0)
-
-    def userfaultfd(self, flags):
-        return self._call(self.libc.syscall, ctypes.c_long(self.nr_userfaultfd), ctypes.c_long(flags))
-
-    def ioctl_int(self, fd, request, arg):
-        return self._call(self.libc.ioctl, ctypes.c_int(fd), ctypes.c_ulong(request), ctypes.c_ulong(arg))
-
-    def _ioctl_struct(self, fd, request_name, msg):
-        return self._call(self.libc.ioctl, ctypes.c_int(fd), ctypes.c_ulong(self.requests[request_name]), ctypes.byref(msg))
-
-    def uffdio_api(self, fd, api, features):
-        msg = _UffdioApi(api=api, features=features)
-        ret, err = self._ioctl_struct(fd, "UFFDIO_API", msg)
-        return ret, err, msg.features, msg.ioctls
-
-    def uffdio_register(self, fd, start, length, mode):
-        msg = _UffdioRegister(range=_UffdioRange(start=start, len=length), mode=mode)
-        ret, err = self._ioctl_struct(fd, "UFFDIO_REGISTER", msg)
-        return ret, err, msg.ioctls
-
-    def uffdio_unregister(self, fd, start, length):
-        return self._ioctl_struct(fd, "UFFDIO_UNREGISTER", _UffdioRange(start=start, len=length))
-
-    def mmap(self, length, prot, flags, fd=-1, offset=0):
-        ctypes.set_errno(0)
-        address = self.libc.mmap(None, length, prot, flags, fd, offset)
-        if address is None or address == ctypes.c_void_p(-1).value:
-            return None, ctypes.get_errno()
-        return address, 0
-
-    def munmap(self, address, length):
-        return self._call(self.libc.munmap, address, length)
-
-    def munlockall(self):
-        return self._call(self.libc.munlockall)
-
-
 def select_backend(choice="auto", arch=None):
     """The backend for ffi_backend: auto prefers cffi when the managed host has it."""
     if choice not in BACKEND_CHOICES:
         raise ValueError("ffi_backend must be one of %s, got %r" % (", ".join(BACKEND_CHOICES), choice))
-    if choice == "cffi" or (choice == "auto" and HAS_CFFI):
+    if choice == "cffi":
         return CffiBackend(arch)
+    if choice == "auto" and HAS_CFFI:
+        try:
+            return CffiBackend(arch)
+        except BackendUnavailable:
+            pass  # a cffi that takes neither the table nor the declarations: ctypes does the same calls
+    # Imported only when chosen: ctypes costs a few ms of every module run that uses cffi.
+    from ansible_collections.hypervisor.migration.plugins.module_utils._ffi_ctypes import CtypesBackend
+
     return CtypesBackend(arch)

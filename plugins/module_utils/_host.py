@@ -9,7 +9,6 @@ __metaclass__ = type
 
 import errno
 import os
-import platform
 import pwd
 import re
 import stat
@@ -46,7 +45,7 @@ def errno_name(number):
 
 
 def kernel_release():
-    return platform.release()
+    return os.uname().release
 
 
 def page_size():

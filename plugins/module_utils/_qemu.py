@@ -9,7 +9,6 @@ __metaclass__ = type
 
 import mmap
 import os
-import platform
 import re
 import stat
 import subprocess
@@ -53,7 +52,7 @@ class QemuBinaryError(Exception):
 
 
 def candidate_binaries(machine=None):
-    system = _SYSTEM_NAME.get(machine or platform.machine(), machine or platform.machine())
+    system = _SYSTEM_NAME.get(machine or os.uname().machine, machine or os.uname().machine)
     names = ["qemu-system-%s" % system]
     paths = [os.path.join(d, n) for n in names for d in _SEARCH_DIRS]
     # RHEL and CentOS ship KVM-only QEMU here.

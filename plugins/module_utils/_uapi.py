@@ -7,7 +7,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import platform
+import os
 import struct
 from collections import namedtuple
 
@@ -137,7 +137,7 @@ class UnsupportedArch(Exception):
 
 
 def canonical_arch(machine=None):
-    machine = machine or platform.machine()
+    machine = machine or os.uname().machine
     return _ARCH_ALIASES.get(machine, machine)
 
 

@@ -120,3 +120,21 @@ def test_the_default_backend_never_loads_the_c_parser():
     )
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, check=True).stdout.decode().split(None, 1)
     assert out == ["cffi", "[]\n"]
+
+
+def test_the_default_backend_never_imports_ctypes():
+    code = (
+        "import sys\n"
+        "from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import select_backend\n"
+        "print(select_backend('auto').name, 'ctypes' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, check=True).stdout.decode().split() == ["cffi", "False"]
+
+
+def test_auto_falls_back_to_ctypes_when_cffi_cannot_declare_the_calls(monkeypatch):
+    monkeypatch.setattr(_ffi.CffiBackend, "_ffi", None)
+    monkeypatch.setitem(_ffi.TYPE_TABLE, "_version", 0x1000)
+    monkeypatch.setitem(sys.modules, "cffi", None)
+    assert _ffi.select_backend("auto").name == "ctypes"
+    with pytest.raises(_ffi.BackendUnavailable):
+        _ffi.select_backend("cffi")
