@@ -80,7 +80,7 @@ def canary_as_account(tmp_path):
     spec = fault_kit.process("fault_exec", "--on", "userfaultfd=hang", module="canary")
     canary = fault_kit.Background(spec, {"accel": "tcg", "memory_mb": 16, "timeout": 60, "run_as": user.pw_name}, str(tmp_path))
     try:
-        canary.wait_event(1)
+        canary.held = canary.wait_event(1)
         yield canary, user
     finally:
         if canary.proc.poll() is None:
@@ -98,7 +98,10 @@ def fault_kit_test_user():
 def test_canary_work_dir_is_private_and_qemu_sandboxed(canary_as_account):
     canary, user = canary_as_account
     workdirs = os.listdir(canary.tmpdir)
-    assert len(workdirs) == 1 and workdirs[0].startswith("postcopy-canary-") and len(workdirs[0]) > len("postcopy-canary-") + 4
+    # Whoever made the held call, and whether the module still runs, say what went wrong if this fails.
+    context = "held: %s; module running: %s; events: %s" % (canary.held, canary.proc.poll() is None, fault_kit.read_events(canary.log))
+    assert len(workdirs) == 1, context
+    assert workdirs[0].startswith("postcopy-canary-") and len(workdirs[0]) > len("postcopy-canary-") + 4
     workdir = os.path.join(canary.tmpdir, workdirs[0])
     info = os.stat(workdir)
     assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == user.pw_uid
