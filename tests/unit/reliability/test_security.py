@@ -76,8 +76,9 @@ def canary_as_account(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root: the canary switches to the test account")
     user = fault_kit_test_user()
-    # Held in its first userfaultfd() call, the destination QEMU waits while the test looks around.
-    spec = fault_kit.process("fault_exec", "--on", "userfaultfd=hang", module="canary")
+    # Stopped at its first userfaultfd() call, the destination QEMU waits while the test looks around.
+    # Not "hang": a signal to the held thread restarts the call, which then goes through (seen in CI).
+    spec = fault_kit.process("fault_exec", "--on", "userfaultfd=stop", module="canary")
     canary = fault_kit.Background(spec, {"accel": "tcg", "memory_mb": 16, "timeout": 60, "run_as": user.pw_name}, str(tmp_path))
     try:
         canary.held = canary.wait_event(1)
