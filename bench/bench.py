@@ -39,7 +39,7 @@ TEST_USER = os.environ.get("HVM_TEST_USER", "hvm-probe-test")
 MODES = {
     "quick": {
         "adhoc_runs": 6, "probe_max_time": 0.3, "probe_min_rounds": 30, "fleet_hosts": 30, "fleet_runs": 3,
-        "gather_runs": 4, "cache_runs": 3, "canary_runs": 3, "extras": False, "kvm": False,
+        "gather_runs": 6, "cache_runs": 3, "canary_runs": 3, "extras": False, "kvm": False,
     },
     "full": {
         "adhoc_runs": 20, "probe_max_time": 1.0, "probe_min_rounds": 200, "fleet_hosts": 200, "fleet_runs": 4,
