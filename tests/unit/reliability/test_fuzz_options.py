@@ -299,12 +299,16 @@ def root_only():
         pytest.skip("needs root: accepted values run the probe, which switches accounts")
 
 
+def option_cases(option, oracle, values):
+    """(name, value) pairs for one option of a module, or unknown option names with junk values."""
+    if option == "unknown":
+        return st.tuples(UNKNOWN_NAMES.filter(lambda k: k not in oracle), JUNK)
+    return st.tuples(st.just(option), values()[option])
+
+
 @pytest.mark.parametrize("option", sorted(FACTS_ORACLE) + ["unknown"])
 def test_postcopy_facts_option(option, binaries, root_only):
-    if option == "unknown":
-        cases = st.tuples(UNKNOWN_NAMES.filter(lambda k: k not in FACTS_ORACLE), JUNK)
-    else:
-        cases = st.tuples(st.just(option), facts_values(binaries)[option])
+    cases = option_cases(option, FACTS_ORACLE, lambda: facts_values(binaries))
 
     @FUZZ
     @given(cases)
@@ -389,10 +393,7 @@ def _planned_only(answer, counts):
 
 @pytest.mark.parametrize("option", sorted(CANARY_ORACLE) + ["unknown"])
 def test_postcopy_canary_option(option, binaries, root_only):
-    if option == "unknown":
-        cases = st.tuples(UNKNOWN_NAMES.filter(lambda k: k not in CANARY_ORACLE), JUNK)
-    else:
-        cases = st.tuples(st.just(option), canary_values(binaries)[option])
+    cases = option_cases(option, CANARY_ORACLE, lambda: canary_values(binaries))
 
     @FUZZ
     @given(cases, st.booleans())
