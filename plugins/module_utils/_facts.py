@@ -48,9 +48,9 @@ DEFAULTS = {
 }
 
 
-def _qemu_facts(spec):
+def _qemu_facts(spec, timeout):
     binary = find_qemu_binary(spec)
-    version = qemu_version(binary)
+    version = qemu_version(binary, timeout)
     facts = {"binary": binary, "version": version, "uses_device": qemu_uses_device(version), "note": None}
     if binary is None:
         facts["note"] = "no QEMU binary found; judged as QEMU 8.0 or newer, which opens /dev/userfaultfd first"
@@ -88,7 +88,7 @@ def gather_postcopy_facts(params, warn=lambda msg: None):
     options = dict(DEFAULTS)
     options.update((k, v) for k, v in params.items() if v is not None)
     account, switch = _probe_account(options["probe_user"], warn)
-    qemu = _qemu_facts(options["qemu_binary"])
+    qemu = _qemu_facts(options["qemu_binary"], options["timeout"])
     backend = select_backend(options["ffi_backend"])
     host_page = page_size()
     hugepages = hugepage_sizes()

@@ -20,8 +20,12 @@ import time
 
 __all__ = [
     "ChildError",
+    "SAFE_PATH",
+    "minimal_environment",
     "run_in_child",
 ]
+
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 _READ_CHUNK = 65536
 # A child that closed its pipe is exiting: look often at first, then back off.
@@ -104,9 +108,20 @@ def _answer(func, account):
             return _FALLBACK_ERROR
 
 
+def minimal_environment(home="/"):
+    """The whole environment a child of root starts with: nothing of root's (HOME, PATH, proxies, locale)."""
+    return {"PATH": SAFE_PATH, "HOME": home, "LC_ALL": "C"}
+
+
+def _reset_environment():
+    os.environ.clear()
+    os.environ.update(minimal_environment())
+
+
 def _child_main(write_fd, func, account, timeout):
     _arm_guards(timeout)
     _close_inherited(write_fd)
+    _reset_environment()
     data = _answer(func, account)
     while data:
         data = data[os.write(write_fd, data):]
