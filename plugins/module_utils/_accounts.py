@@ -16,16 +16,13 @@ from collections import namedtuple
 __all__ = [
     "Account",
     "AccountError",
-    "LIBVIRT_QEMU_CONF",
     "QEMU_ACCOUNT_NAMES",
     "account_switch_needed",
     "group_name",
-    "libvirt_configured_user",
     "resolve_account",
     "to_dict",
 ]
 
-LIBVIRT_QEMU_CONF = "/etc/libvirt/qemu.conf"
 # Fedora/RHEL packages create "qemu", Debian/Ubuntu "libvirt-qemu".
 QEMU_ACCOUNT_NAMES = ("qemu", "libvirt-qemu")
 
@@ -33,7 +30,6 @@ Account = namedtuple("Account", "name uid gid groups source reason")
 
 # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
 _NUMERIC_UID = re.compile(r"^\+?[0-9]+$")
-_CONF_USER = re.compile(r'^\s*user\s*=\s*"([^"]*)"', re.MULTILINE)
 
 
 class AccountError(Exception):
@@ -57,34 +53,42 @@ def _lookup(spec):
         return None
 
 
-def libvirt_configured_user(path=LIBVIRT_QEMU_CONF):
-    """The ``user`` libvirt starts QEMU as, or None when the file or the setting is absent."""
-    try:
-        with open(path) as conf:
-            match = _CONF_USER.search(conf.read())
-    except (IOError, OSError):
-        return None
-    return match.group(1) if match else None
+def _configured_account(configured):
+    """The account qemu.conf's user names; AccountError when it names none on this host.
+
+    Never root in its place: a setting that was not understood is a failure, not a default.
+    """
+    value, source = configured["value"], configured["source"]
+    if source == "unreadable":
+        raise AccountError("cannot tell QEMU's account: qemu.conf's user cannot be judged; fix the file or set the account explicitly")
+    entry = _lookup(value)
+    if entry is None:
+        raise AccountError('cannot tell QEMU\'s account: user = "%s" (%s) is not an account on this host; fix it or set the account explicitly' % (
+            value,
+            source,
+        ))
+    return _from_passwd(entry, "auto", 'user = "%s" in %s' % (value, source))
 
 
-def _auto_account(conf_path):
-    configured = libvirt_configured_user(conf_path)
-    if configured:
-        entry = _lookup(configured)
-        if entry is not None:
-            return _from_passwd(entry, "auto", "user = %s in %s" % (configured, conf_path))
+def _auto_account(configured):
+    if configured and configured.get("source") not in (None, "compiled default"):
+        return _configured_account(configured)
     for name in QEMU_ACCOUNT_NAMES:
         entry = _lookup(name)
         if entry is not None:
             return _from_passwd(entry, "auto", "account %s exists (libvirt's default QEMU account)" % name)
     entry = pwd.getpwuid(os.geteuid())
-    return _from_passwd(entry, "auto", "no libvirt QEMU account found; probing as the module's own account")
+    reason = "no QEMU account found (neither qemu.conf's user nor %s exists); probing as the module's own account" % " nor ".join(QEMU_ACCOUNT_NAMES)
+    return _from_passwd(entry, "auto", reason)
 
 
-def resolve_account(spec="auto", conf_path=LIBVIRT_QEMU_CONF):
-    """Resolve ``auto``, a name or a numeric uid to an Account; AccountError when unknown."""
+def resolve_account(spec="auto", configured=None):
+    """Resolve ``auto``, a name or a numeric uid to an Account; AccountError when unknown.
+
+    configured is qemu.conf's user setting as _launcher reads it ({value, source}), for ``auto``.
+    """
     if spec is None or str(spec).strip() in ("", "auto"):
-        return _auto_account(conf_path)
+        return _auto_account(configured)
     entry = _lookup(spec)
     if entry is None:
         raise AccountError("no such account %r on this host (give an account name, a numeric uid, or auto)" % str(spec))

@@ -73,8 +73,7 @@ def _check_trusted(real):
     try:
         check_chain(real)
     except UntrustedPath as exc:
-        what = "qemu_binary %s" % real if exc.component == real else "directory %s above qemu_binary %s" % (exc.component, real)
-        raise QemuBinaryError("%s %s; refusing to read or run it as root (another account could replace it)" % (what, exc.reason)) from None
+        raise QemuBinaryError("qemu_binary %s: %s; refusing to read or run it as root (another account could replace it)" % (real, exc.reason)) from None
 
 
 def validate_binary(path):

@@ -51,6 +51,9 @@ import re
 import stat
 from collections import namedtuple
 
+from ansible_collections.hypervisor.migration.plugins.module_utils._trust import path_untrusted_reason, trusted_walk
+from ansible_collections.hypervisor.migration.plugins.module_utils._trust import untrusted_reason as untrusted_info_reason
+
 __all__ = [
     "ABSENT",
     "Conf",
@@ -78,8 +81,6 @@ QEMU_CONF = "/etc/libvirt/qemu.conf"
 MAX_CONF_BYTES = 10 * 1024 * 1024
 # libvirt recurses without a bound; this reader stops well before Python's recursion limit.
 MAX_LIST_DEPTH = 64
-# The kernel's own bound on symbolic links in one path lookup (ELOOP).
-MAX_SYMLINKS = 40
 
 # Value kinds, as libvirt types them (VIR_CONF_STRING, VIR_CONF_ULLONG, VIR_CONF_LLONG, VIR_CONF_LIST).
 STRING = "string"
@@ -96,7 +97,6 @@ Setting = namedtuple("Setting", "value line kind")
 FileText = namedtuple("FileText", "state text error")
 
 _BITS64 = 1 << 64
-_NOT_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 # Blank lines and comment lines between statements, skipped in one match (most of a qemu.conf).
@@ -376,67 +376,9 @@ class Conf(object):
 # reading as root
 
 
-def _untrusted(info, name):
-    """Why a file or directory with this stat is not root's alone, or None."""
-    if info.st_uid != 0:
-        return "%s is owned by uid %d, not root" % (name, info.st_uid)
-    if info.st_mode & _NOT_WRITABLE_BY_OTHERS:
-        return "%s is writable by accounts other than root (mode %04o)" % (name, stat.S_IMODE(info.st_mode))
-    return None
-
-
-def _trusted_walk(path):
-    """(path with every link resolved, None) when root alone controls it, else (None, reason).
-
-    Walks the path as the kernel does, checking "/", each directory entered and the last component;
-    a symbolic link is followed from the directory it sits in (already checked). OSError (ENOENT,
-    ENOTDIR, ...) when a component cannot be looked up.
-    """
-    if not os.path.isabs(path):
-        return None, "%s is not an absolute path" % path
-    reason = _untrusted(os.lstat("/"), "/")
-    if reason:
-        return None, reason
-    pending = [part for part in path.split("/") if part][::-1]
-    current = "/"
-    links = 0
-    while pending:
-        part = pending.pop()
-        if part == ".":
-            continue
-        if part == "..":
-            current = os.path.dirname(current)
-            continue
-        candidate = os.path.join(current, part)
-        info = os.lstat(candidate)
-        if stat.S_ISLNK(info.st_mode):
-            links += 1
-            if links > MAX_SYMLINKS:
-                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                current = "/"
-            pending.extend(part for part in reversed(target.split("/")) if part)
-            continue
-        reason = _untrusted(info, candidate)
-        if reason:
-            return None, reason
-        if pending and not stat.S_ISDIR(info.st_mode):
-            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), candidate)
-        current = candidate
-    return current, None
-
-
 def untrusted_reason(path):
-    """None when no account but root can change what ``path`` leads to, else a one-line reason.
-
-    Every directory on the way (after symbolic links) and the file itself must be owned by root and
-    not writable by group or others; a path that cannot be looked up is not trusted either.
-    """
-    try:
-        return _trusted_walk(path)[1]
-    except OSError as error:
-        return "%s cannot be checked: %s" % (path, error.strerror)
+    """None when no account but root can change what ``path`` leads to, else a one-line reason (see _trust)."""
+    return path_untrusted_reason(path)
 
 
 def path_trusted(path):
@@ -467,7 +409,7 @@ def _read_regular(fd, path, max_bytes, require_trusted):
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         return FileText(REFUSED, None, "%s is %s, not a regular file; not read" % (path, _file_type(info.st_mode)))
-    reason = _untrusted(info, path) if require_trusted else None
+    reason = untrusted_info_reason(info, path) if require_trusted else None
     if reason:
         return FileText(REFUSED, None, "%s; not read" % reason)
     too_big = "%s is larger than the limit of %d bytes (libvirt refuses a file over %d bytes too); not read" % (path, max_bytes, MAX_CONF_BYTES)
@@ -492,7 +434,7 @@ def read_conf(path=QEMU_CONF, max_bytes=MAX_CONF_BYTES, require_trusted=True):
     target = path
     try:
         if require_trusted:
-            target, reason = _trusted_walk(path)
+            target, reason = trusted_walk(path)
             if reason:
                 return FileText(REFUSED, None, "%s: %s; not read" % (path, reason))
             # Every link is resolved and every directory checked: the last component is the file.

@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: trusted_directory
 short_description: Make sure a directory exists that no account but root can change, without following symlinks
-version_added: 1.1.0
+version_added: 1.0.0
 description:
   - Walks the path from C(/) down, one component at a time. Every existing component must be a
     directory owned by root (or by the account running the module) and not writable by its group or
@@ -31,13 +31,13 @@ options:
       - Absolute path of the directory.
     type: path
     required: true
-    version_added: 1.1.0
+    version_added: 1.0.0
   mode:
     description:
       - Mode of the directories the module creates, in octal. It must not be writable by group or others.
     type: str
     default: "0755"
-    version_added: 1.1.0
+    version_added: 1.0.0
 attributes:
   check_mode:
     support: full
@@ -127,8 +127,7 @@ def refusal(component, info):
         return _link_refusal(component, info)
     if not stat.S_ISDIR(info.st_mode):
         return "%s is not a directory" % component
-    reason = untrusted_reason(info)
-    return "%s %s" % (component, reason) if reason else None
+    return untrusted_reason(info, component)
 
 
 def ensure_directory(path, mode, check_mode):

@@ -193,7 +193,8 @@ def test_qemus_account_cannot_make_the_canary_write_or_read_roots_files(root, tm
     assert report["workdirs"], "the attacker never saw the canary's work dir: %s" % report
     workdir = report["workdirs"][0]
     root_dir_plants = {path: result for path, result in report["plants"].items() if os.path.dirname(path) == workdir}
-    assert root_dir_plants and set(root_dir_plants.values()) == {"EACCES"}, report
+    # ENOENT: the attacker came back after the canary had removed its dir.
+    assert "EACCES" in root_dir_plants.values() and set(root_dir_plants.values()) <= {"EACCES", "ENOENT"}, report
     assert report["qmp_bytes"] == 0, "root sent QMP to the attacker's socket: %s" % report
     after = os.stat(str(secret))
     assert secret.read_bytes() == SECRET and (after.st_mtime_ns, after.st_mode, after.st_uid) == (before.st_mtime_ns, before.st_mode, before.st_uid)
@@ -269,7 +270,7 @@ def test_qemu_binary_in_a_directory_another_account_controls_is_refused_and_neve
         swappable.chmod(0o775 if how == "group-writable" else 0o777)
     marker = tmp_path / "ran-as-root"
     binary = _bannerless_qemu(swappable, marker)
-    with pytest.raises(QemuBinaryError, match="directory %s above qemu_binary .* refusing to read or run it as root" % swappable):
+    with pytest.raises(QemuBinaryError, match="qemu_binary .*: %s is .*; refusing to read or run it as root" % swappable):
         find_qemu_binary(binary)
     answer = fault_kit.run_module_process(fault_kit.process("fault_exec"), {"qemu_binary": binary, "probe_user": user.pw_name}, str(tmp_path)).answer
     assert answer.get("failed") and "refusing to read or run it as root" in answer["msg"], answer

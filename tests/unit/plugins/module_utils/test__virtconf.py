@@ -390,19 +390,19 @@ def test_directory_is_refused(trusted_dir):
 
 @pytest.fixture
 def open_dir(trusted_dir):
-    """A directory any account can write (mode 1777, as /tmp), inside the trusted one."""
+    """A directory any account can write and rename in (mode 0777: not sticky, unlike /tmp), inside the trusted one."""
     path = os.path.join(trusted_dir, "open")
     os.mkdir(path)
-    os.chmod(path, 0o1777)
+    os.chmod(path, 0o777)
     return path
 
 
 def test_world_writable_directory_is_refused(open_dir):
     path = write(os.path.join(open_dir, "qemu.conf"), "user = 'qemu'\n")
     assert not _virtconf.path_trusted(path)
-    assert _virtconf.untrusted_reason(path) == open_dir + " is writable by accounts other than root (mode 1777)"
+    assert _virtconf.untrusted_reason(path) == open_dir + " is writable by accounts other than root (mode 0777)"
     result = _virtconf.read_conf(path)
-    assert result == _virtconf.FileText(_virtconf.REFUSED, None, "%s: %s is writable by accounts other than root (mode 1777); not read" % (path, open_dir))
+    assert result == _virtconf.FileText(_virtconf.REFUSED, None, "%s: %s is writable by accounts other than root (mode 0777); not read" % (path, open_dir))
     assert _virtconf.read_conf(path, require_trusted=False).state == _virtconf.READ
 
 
@@ -448,7 +448,7 @@ def test_symlink_into_an_untrusted_place_is_refused(trusted_dir, open_dir):
     target = write(os.path.join(open_dir, "qemu.conf"), "user = 'root'\n")
     path = os.path.join(trusted_dir, "qemu.conf")
     os.symlink(target, path)
-    assert _virtconf.untrusted_reason(path) == open_dir + " is writable by accounts other than root (mode 1777)"
+    assert _virtconf.untrusted_reason(path) == open_dir + " is writable by accounts other than root (mode 0777)"
     assert _virtconf.load_conf(path).errors[0].startswith(path + ": " + open_dir + " is writable")
 
 
@@ -461,7 +461,7 @@ def test_link_chain_through_an_untrusted_directory_is_refused(trusted_dir, open_
     path = os.path.join(trusted_dir, "qemu.conf")
     os.symlink(hop, path)
     assert os.path.realpath(path) == real
-    assert _virtconf.untrusted_reason(path) == open_dir + " is writable by accounts other than root (mode 1777)"
+    assert _virtconf.untrusted_reason(path) == open_dir + " is writable by accounts other than root (mode 0777)"
 
 
 def test_symlink_loop_is_refused(trusted_dir):
@@ -479,4 +479,5 @@ def test_relative_and_missing_paths_are_not_trusted(trusted_dir):
 
 def test_system_paths():
     assert _virtconf.path_trusted("/etc/passwd")
-    assert _virtconf.untrusted_reason("/tmp/x") == "/tmp is writable by accounts other than root (mode 1777)"
+    # Sticky (/tmp): only an entry's owner may rename or replace it, and that owner is checked next.
+    assert _virtconf.untrusted_reason("/tmp") is None

@@ -64,7 +64,8 @@ def test_a_symlink_planted_by_another_account_is_refused_and_its_target_left_alo
     os.lchown(str(parent / "facts.d"), user.pw_uid, user.pw_gid)
     result = run_module(capsys, {"path": str(parent / "facts.d")})
     assert result["failed"] and result["msg"] == (
-        "refusing to write below %s: %s is owned by uid %d, so another account could redirect what root writes there" % (parent / "facts.d", parent, user.pw_uid)
+        "refusing to write below %s: %s is owned by uid %d, not root, so another account could redirect what root writes there"
+        % (parent / "facts.d", parent, user.pw_uid)
     )
     assert stat.S_IMODE(private.stat().st_mode) == 0o700
 
@@ -74,7 +75,7 @@ def test_a_group_writable_parent_is_refused(capsys, base):
     parent.mkdir()
     parent.chmod(0o775)
     result = run_module(capsys, {"path": str(parent / "d")})
-    assert result["failed"] and "%s is writable by group" % parent in result["msg"]
+    assert result["failed"] and "%s is writable by accounts other than root (mode 0775)" % parent in result["msg"]
     assert not (parent / "d").exists()
 
 
