@@ -30,7 +30,9 @@ fails), its QEMU driver fails to initialise and the daemon (``virtqemud`` or ``l
 not start. A missing file is not an error there: libvirt uses its compiled defaults. This reader
 does the same: a parse error is kept in ``Conf.errors`` (``"<source> line N: <what is wrong>"``,
 with libvirt's own wording) next to the settings parsed before it, and every typed accessor then
-raises ConfError, so that a setting libvirt would never use is never taken for a default.
+raises ConfError, so that a setting libvirt would never use is never taken for a default. The line
+is libvirt's, except for an unterminated \"\"\" string, named where it opens (libvirt names the end of
+the file); an unclosed list names both.
 
 Reading (``read_conf``, ``load_conf``) as root never follows a path another account can change:
 each directory on the way, every symbolic link's directory and the file itself must be owned by
@@ -96,7 +98,7 @@ Setting = namedtuple("Setting", "value line kind")
 FileText = namedtuple("FileText", "state text error")
 
 _BITS64 = 1 << 64
-_NOT_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 # Blank lines and comment lines between statements, skipped in one match (most of a qemu.conf).
@@ -380,7 +382,7 @@ def _untrusted(info, name):
     """Why a file or directory with this stat is not root's alone, or None."""
     if info.st_uid != 0:
         return "%s is owned by uid %d, not root" % (name, info.st_uid)
-    if info.st_mode & _NOT_WRITABLE_BY_OTHERS:
+    if info.st_mode & _WRITABLE_BY_OTHERS:
         return "%s is writable by accounts other than root (mode %04o)" % (name, stat.S_IMODE(info.st_mode))
     return None
 
