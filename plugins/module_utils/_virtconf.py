@@ -30,7 +30,9 @@ fails), its QEMU driver fails to initialise and the daemon (``virtqemud`` or ``l
 not start. A missing file is not an error there: libvirt uses its compiled defaults. This reader
 does the same: a parse error is kept in ``Conf.errors`` (``"<source> line N: <what is wrong>"``,
 with libvirt's own wording) next to the settings parsed before it, and every typed accessor then
-raises ConfError, so that a setting libvirt would never use is never taken for a default.
+raises ConfError, so that a setting libvirt would never use is never taken for a default. The line
+is libvirt's, except for an unterminated \"\"\" string, named where it opens (libvirt names the end of
+the file); an unclosed list names both.
 
 Reading (``read_conf``, ``load_conf``) as root never follows a path another account can change:
 each directory on the way, every symbolic link's directory and the file itself must be owned by

@@ -84,7 +84,10 @@ def test_auto_is_libvirt_only_where_its_qemu_daemon_is_installed(tmp_path):
     assert facts["device_path"]["blocked_by"] == "libvirt_too_old_for_device"
 
 
-@pytest.mark.parametrize("lsms, driver, expected", [([], "", 0), (["apparmor"], "", 1), (["apparmor"], 'security_driver = "none"\n', 0), (["selinux"], 'security_driver = "apparmor"\n', 0)])
+@pytest.mark.parametrize(
+    "lsms, driver, expected",
+    [([], "", 0), (["apparmor"], "", 1), (["apparmor"], 'security_driver = "none"\n', 0), (["selinux"], 'security_driver = "apparmor"\n', 0)],
+)
 def test_an_enforcing_label_is_named_as_not_reproduced(tmp_path, lsms, driver, expected):
     # The host here enforces no LSM: the lists stand in for hosts that do.
     assert len(_launcher.not_reproduced("libvirt", settings_from(tmp_path, driver), lsms)) == expected

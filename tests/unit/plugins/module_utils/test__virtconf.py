@@ -3,7 +3,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """libvirt's qemu.conf grammar, and reading the file as root without being steered or flooded."""
 
+import ctypes
 import os
+import re
 import resource
 import shutil
 import signal
@@ -12,6 +14,8 @@ import tempfile
 import pytest
 from ansible_collections.hypervisor.migration.plugins.module_utils import _virtconf
 from ansible_collections.hypervisor.migration.plugins.module_utils._virtconf import LIST, SIGNED, STRING, UNSIGNED, ConfError, Setting
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def parse(text):
@@ -481,3 +485,141 @@ def test_system_paths():
     assert _virtconf.path_trusted("/etc/passwd")
     # Sticky (/tmp): only an entry's owner may rename or replace it, and that owner is checked next.
     assert _virtconf.untrusted_reason("/tmp") is None
+
+
+# --------------------------------------------------------------------------------------------
+# agreement with libvirt's own parser: Debian's libvirt0 (installed by dev.sh) exports virconf.c's
+# functions as private symbols; the same texts go through both parsers.
+
+
+class LibvirtValue(ctypes.Structure):
+    pass
+
+
+# virconf.h: struct _virConfValue, and virConfType's order (NONE, LLONG, ULLONG, STRING, LIST).
+LibvirtValue._fields_ = [
+    ("type", ctypes.c_int),
+    ("next", ctypes.POINTER(LibvirtValue)),
+    ("l", ctypes.c_longlong),
+    ("str", ctypes.c_char_p),
+    ("list", ctypes.POINTER(LibvirtValue)),
+]
+LIBVIRT_KINDS = {1: SIGNED, 2: UNSIGNED, 3: STRING, 4: LIST}
+WALK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(LibvirtValue), ctypes.c_void_p)
+QUIET = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)(lambda data, error: None)
+LIBVIRT_ERROR = re.compile(r"memory conf:(\d+): (.*)$")
+
+
+@pytest.fixture(scope="module")
+def libvirt():
+    try:
+        lib = ctypes.CDLL("libvirt.so.0")
+    except OSError:
+        pytest.skip("libvirt.so.0 is missing: ./dev.sh setup installs Debian's libvirt0")
+    assert lib.virInitialize() == 0
+    lib.virSetErrorFunc(None, QUIET)
+    lib.virConfReadString.restype = ctypes.c_void_p
+    lib.virConfReadString.argtypes = [ctypes.c_char_p, ctypes.c_uint]
+    lib.virConfGetValue.restype = ctypes.POINTER(LibvirtValue)
+    lib.virConfGetValue.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.virConfWalk.argtypes = [ctypes.c_void_p, WALK, ctypes.c_void_p]
+    lib.virConfFree.argtypes = [ctypes.c_void_p]
+    lib.virGetLastErrorMessage.restype = ctypes.c_char_p
+    return lib
+
+
+def libvirt_value(pointer):
+    value = pointer.contents
+    kind = LIBVIRT_KINDS[value.type]
+    if kind == STRING:
+        return value.str.decode("utf-8", "surrogateescape"), kind
+    if kind == UNSIGNED:
+        return value.l % (1 << 64), kind
+    if kind == SIGNED:
+        return value.l, kind
+    items, item = [], value.list
+    while item:
+        items.append(libvirt_value(item)[0])
+        item = item.contents.next
+    return items, kind
+
+
+def libvirt_reads(lib, text):
+    """({name: (value, kind)} as libvirt's getters see it, None), or (None, (line, message)) when it refuses."""
+    conf = lib.virConfReadString(text.encode("utf-8", "surrogateescape"), 0)
+    if not conf:
+        line, message = LIBVIRT_ERROR.search(lib.virGetLastErrorMessage().decode()).groups()
+        return None, (int(line), message)
+    try:
+        names = []
+        lib.virConfWalk(conf, WALK(lambda name, value, data: names.append(name) or 0), None)
+        return dict((name.decode(), libvirt_value(lib.virConfGetValue(conf, name))) for name in names), None
+    finally:
+        lib.virConfFree(conf)
+
+
+def assert_agrees(lib, text):
+    expected, refusal = libvirt_reads(lib, text)
+    conf = parse(text)
+    if refusal is None:
+        assert conf.errors == []
+        assert dict((name, (s.value, s.kind)) for name, s in conf.settings.items()) == expected
+        return
+    assert len(conf.errors) == 1
+    line, message = refusal
+    ours = LINE_MESSAGE.match(conf.errors[0])
+    assert ours.group(2).startswith(message)
+    # An unterminated """ string is named where it opens; libvirt names the end of the file.
+    if '"""' not in ours.group(2):
+        assert int(ours.group(1)) == line
+
+
+LINE_MESSAGE = re.compile(r"qemu\.conf line (\d+): (.*)$")
+EXAMPLES = int(os.environ.get("HVM_FUZZ_EXAMPLES", "200"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not os.environ.get("HVM_FUZZ_RANDOM"))
+TOKENS = ["user", "x_1", "a", "1", "-", "+", "07", "=", " = ", " ", "\t", "\n", "\r", ";", "#", "# c\n", '"', "'", '"""', "[", "]", ",", "\\", "é", "\f", "_"]
+NAME = st.sampled_from(["user", "group", "namespaces", "cgroup_device_acl", "x"])
+BLANK = st.sampled_from(["", " ", "\t", " \t "])
+EOL = st.sampled_from(["\n", "\r\n", "\n\n", "\n  \n"])
+SCALAR = st.one_of(
+    st.text(alphabet="qemu+1 #'\\[],", max_size=6).map(lambda s: '"%s"' % s.replace('"', "")),
+    st.text(alphabet='qemu+1 #"\\[],', max_size=6).map(lambda s: "'%s'" % s.replace("'", "")),
+    st.text(alphabet="qemu\n'\" #", max_size=8).map(lambda s: '"""%s"""' % s.replace('"""', "")),
+    st.integers(min_value=-(1 << 70), max_value=1 << 70).map(str),
+    st.integers(min_value=0, max_value=1 << 70).map(lambda n: "+%d" % n),
+)
+VALUE = st.recursive(
+    SCALAR,
+    lambda inner: st.tuples(st.lists(st.tuples(BLANK, inner, st.sampled_from(["", "\n", " \n "])), max_size=4), st.booleans()).map(
+        lambda spec: "[" + ",".join(a + v + b for a, v, b in spec[0]) + ("," if spec[1] and spec[0] else "") + "]"
+    ),
+    max_leaves=6,
+)
+STATEMENT = st.one_of(
+    st.tuples(BLANK, NAME, BLANK, BLANK, VALUE, BLANK, st.sampled_from(["", "# note"])).map(lambda p: "%s%s%s=%s%s%s%s" % p),
+    st.sampled_from(["#", "# comment", '#user = "root"', ""]),
+)
+SEPARATOR = st.one_of(EOL, st.sampled_from([";", " ; ", ";\n"]))
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(TOKENS), max_size=40).map("".join))
+def test_agrees_with_libvirt_on_token_soup(libvirt, text):
+    assert_agrees(libvirt, text)
+
+
+@FUZZ
+@given(st.lists(st.tuples(STATEMENT, SEPARATOR), max_size=8).map(lambda parts: "".join(s + sep for s, sep in parts)), st.sampled_from(["", "\n", "x"]))
+def test_agrees_with_libvirt_on_config_files(libvirt, text, tail):
+    assert_agrees(libvirt, text + tail)
+
+
+# Not compared: a NUL (libvirt's string reader stops there before parsing), and lists nested past
+# MAX_LIST_DEPTH (libvirt recurses on; this reader refuses to judge).
+@pytest.mark.parametrize("text", [form[0] for form in FORMS if "\0" not in form[0]] + [error[0] for error in ERRORS if "nested" not in error[1]])
+def test_the_tables_agree_with_libvirt(libvirt, text):
+    assert_agrees(libvirt, text)
+
+
+def test_packaged_file_shape_agrees_with_libvirt(libvirt):
+    assert_agrees(libvirt, qemu_conf_shape('user = "+64055"\nnamespaces = []\ncgroup_device_acl = [\n    "/dev/null",\n    "/dev/userfaultfd"\n]'))
