@@ -43,6 +43,7 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._accounts imp
     resolve_account,
     to_dict,
 )
+from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import read_libvirt_settings
 from ansible_collections.hypervisor.migration.plugins.module_utils._options import range_error, text_error
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import (
     QemuBinaryError,
@@ -377,7 +378,8 @@ def _find_binary(spec):
 
 def _find_account(spec):
     try:
-        account = resolve_account(spec)
+        # The same account the probe judges: qemu.conf's user, read with libvirt's grammar.
+        account = resolve_account(spec, read_libvirt_settings(None)[0]["user"])
     except AccountError as exc:
         raise CanaryError("run_as: %s" % exc) from None
     if account_switch_needed(account) and os.geteuid() != 0:

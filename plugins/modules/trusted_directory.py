@@ -47,7 +47,7 @@ attributes:
   platform:
     platforms: posix
 notes:
-  - The check and the creation are one walk: once every existing component is root's alone, no
+  - The check and the creation are one walk. Once every existing component is root's alone, no
     other account can put anything in the way of the directories created below it.
 seealso:
   - name: OpenSSH's rule for the programs it runs as root (StrictModes, AuthorizedKeysCommand)
