@@ -45,6 +45,8 @@ __all__ = [
     "package_version",
     "qemu_wrapper",
     "root_path",
+    "upstream_version",
+    "wrapper_text",
 ]
 
 CACHE = os.environ.get("HVM_ROOT_CACHE", "/var/cache/hypervisor-migration")
@@ -59,7 +61,11 @@ COMPLETE = ".hvm-root-complete"
 # dbus: systemd-container (pulled in by libvirt) fails to configure without it.
 PACKAGES = ("qemu-system-x86", "libvirt-daemon-system", "libvirt-clients", "dbus")
 SUITES = {
-    "trixie": PACKAGES,
+    # Debian 13 splits QEMU's OpenGL and SPICE modules into packages of their own. QEMU loads
+    # every module it was built with when asked for its types (libvirt's capability probe does),
+    # looking first in QEMU_MODULE_DIR, then in its compiled-in directory: a module missing from
+    # the root is then taken from this host's older QEMU, and QEMU 10 aborts on it.
+    "trixie": PACKAGES + ("qemu-system-modules-opengl", "qemu-system-modules-spice"),
     "bookworm": PACKAGES,
 }
 VARIANT = "minbase"
@@ -242,7 +248,7 @@ def loader_command(root):
     ]
 
 
-def _wrapper_text(root, version):
+def wrapper_text(root, version):
     # QEMU_MODULE_DIR: the root's QEMU would otherwise load the host's (older) modules
     argv = " ".join("'%s'" % arg for arg in loader_command(root))
     return (
@@ -266,7 +272,7 @@ def qemu_wrapper(suite, root=None):
     version = upstream_version(package_version(root, "qemu-system-x86"))
     short = ".".join(version.split(".")[:2])
     path = os.path.join(WRAPPERS, "qemu-%s-system-x86_64" % short)
-    text = _wrapper_text(root, version)
+    text = wrapper_text(root, version)
     try:
         with open(path) as handle:
             if handle.read() == text:

@@ -19,7 +19,7 @@ its reason is on its stderr, which libvirt's virtlogd keeps in /var/log/libvirt/
 
 CLI::
 
-    libvirt_oracle.py trixie|bookworm [--set KEY=VALUE]... [--json]
+    libvirt_oracle.py trixie|bookworm [--set KEY=VALUE]... [--qemu-from trixie] [--json]
 
 exit 0 when QEMU accepts, 1 when it refuses, 2 when it could not be asked.
 """
@@ -27,6 +27,7 @@ exit 0 when QEMU accepts, 1 when it refuses, 2 when it could not be asked.
 import argparse
 import json
 import os
+import re
 import stat
 import sys
 import time
@@ -38,11 +39,10 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import debroot  # noqa: E402
-from libvirt_root import LibvirtError, LibvirtRoot, _settings  # noqa: E402
+from libvirt_root import LibvirtError, LibvirtRoot, foreign_qemu, settings_from_pairs  # noqa: E402
 
 __all__ = ["DeviceView", "LibvirtVerdict", "ask_libvirt", "domain_xml"]
 
-QEMU_NAME = "qemu-system-x86_64: "
 POSTCOPY_ON = json.dumps({"execute": "migrate-set-capabilities",
                           "arguments": {"capabilities": [{"capability": "postcopy-ram", "state": True}]}})
 
@@ -76,12 +76,15 @@ class LibvirtVerdict(NamedTuple):
 
 
 def domain_xml(name, emulator=None, memory_mib=64):
+    """A transient TCG domain waiting for an incoming migration; ACPI on, so that no libvirt
+    passes QEMU ``-no-acpi`` (gone in QEMU 9.0, still used by libvirt 9.0)."""
     emulator_element = "<emulator>%s</emulator>" % emulator if emulator else ""
     return """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>%s</name>
   <memory unit='MiB'>%d</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <features><acpi/></features>
   <devices>%s<memballoon model='none'/></devices>
   <qemu:commandline>
     <qemu:arg value='-incoming'/>
@@ -124,14 +127,20 @@ def _ids(pid):
     return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
 
 
+_LIBVIRT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+\+\d{4}: ")
+_QEMU_PREFIX = re.compile(r"^(?:\d{4}-\d\d-\d\dT[\d:.]+Z )?(?:\S*qemu-system-x86_64: )?")
+
+
 def _qemu_stderr(libvirt, name):
-    """QEMU's own lines from libvirt's log of the domain (timestamps and program name removed)."""
+    """QEMU's own lines from libvirt's log of the domain: after its command line, minus libvirt's lines."""
     try:
         with open(libvirt.path("/var/log/libvirt/qemu/%s.log" % name), errors="replace") as handle:
-            text = handle.read()
+            lines = handle.read().splitlines()
     except OSError:
         return ()
-    return tuple(line.split(QEMU_NAME, 1)[1].strip() for line in text.splitlines() if QEMU_NAME in line)
+    continued = [i for i, line in enumerate(lines) if line.endswith("\\")]
+    after = lines[continued[-1] + 2:] if continued else lines
+    return tuple(_QEMU_PREFIX.sub("", line).strip() for line in after if line.strip() and not _LIBVIRT_LINE.match(line))
 
 
 def ask_libvirt(libvirt, emulator=None, memory_mib=64):
@@ -163,13 +172,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="libvirt_oracle.py", description=__doc__.split("\n")[0])
     parser.add_argument("suite", choices=sorted(debroot.SUITES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a qemu.conf setting")
-    parser.add_argument("--emulator", help="the domain's <emulator> (a path inside the root)")
+    parser.add_argument("--qemu-from", choices=sorted(debroot.SUITES),
+                        help="start that root's QEMU instead of the root's own (libvirt 9.0 with QEMU 10.0: --qemu-from trixie)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
         root = debroot.ensure_root(args.suite)
-        with LibvirtRoot(root, qemu_conf=_settings(args.set) if args.set else None) as libvirt:
-            verdict = ask_libvirt(libvirt, emulator=args.emulator)
+        emulator, extra = foreign_qemu(debroot.ensure_root(args.qemu_from)) if args.qemu_from else (None, {})
+        with LibvirtRoot(root, qemu_conf=_settings(args.set) if args.set else None, **extra) as libvirt:
+            verdict = ask_libvirt(libvirt, emulator=emulator)
     except (LibvirtError, debroot.RootError) as exc:
         print("libvirt_oracle.py: error: %s" % exc, file=sys.stderr)
         return 2

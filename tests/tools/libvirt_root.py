@@ -55,6 +55,7 @@ __all__ = [
     "HOST_NODES",
     "LibvirtError",
     "LibvirtRoot",
+    "foreign_qemu",
     "qemu_conf_text",
     "root_account",
 ]
@@ -133,6 +134,18 @@ def daemon_for(root):
     if os.path.exists(os.path.join(root, "usr/sbin/libvirtd")):
         return "libvirtd"
     raise LibvirtError("no libvirt QEMU driver daemon in %s" % root)
+
+
+def foreign_qemu(qemu_root):
+    """(emulator, LibvirtRoot keywords) so that a root's libvirt starts qemu_root's QEMU instead.
+
+    qemu_root is bound read-only at its own path, and a wrapper running its QEMU through its own
+    loader (as on the host) is written to /usr/local/bin in the overlay: the domain's
+    ``<emulator>`` names it. This pairs Debian 12's libvirt 9.0 with Debian 13's QEMU 10.0.
+    """
+    version = debroot.upstream_version(debroot.package_version(qemu_root, "qemu-system-x86"))
+    emulator = "/usr/local/bin/qemu-%s-system-x86_64" % ".".join(version.split(".")[:2])
+    return emulator, {"binds": [qemu_root], "files": {emulator: (debroot.wrapper_text(qemu_root, version), 0o755)}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,7 +511,8 @@ class LibvirtRoot:
         return text[-2000:]
 
 
-def _settings(pairs):
+def settings_from_pairs(pairs):
+    """qemu.conf settings from KEY=VALUE strings (JSON for lists and numbers)."""
     settings = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
@@ -518,7 +532,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         root = debroot.ensure_root(args.suite)
-        with LibvirtRoot(root, qemu_conf=_settings(args.set) if args.set else None) as libvirt:
+        with LibvirtRoot(root, qemu_conf=settings_from_pairs(args.set) if args.set else None) as libvirt:
             print("%s %s (libvirt %s, QEMU %s), init pid %d" % (libvirt.daemon, args.suite, libvirt.libvirt_version,
                                                                libvirt.qemu_version, libvirt.init_pid), file=sys.stderr)
             if args.command:
