@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # -*- coding: utf-8 -*-
 # Copyright: contributors to hypervisor.migration
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -31,7 +31,6 @@ import re
 import stat
 import sys
 import time
-import uuid
 from typing import NamedTuple, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -145,7 +144,7 @@ def _qemu_stderr(libvirt, name):
 
 def ask_libvirt(libvirt, emulator=None, memory_mib=64):
     """Start a paused incoming domain, ask its QEMU for post-copy, destroy it; a LibvirtVerdict."""
-    name = "hvm-oracle-%s" % uuid.uuid4().hex[:8]
+    name = libvirt.domain_name("oracle")
     start = time.monotonic()
     created = libvirt.virsh("create", "/proc/self/fd/0", "--paused", input=domain_xml(name, emulator, memory_mib), check=False)
     if created.returncode != 0:
@@ -179,7 +178,7 @@ def main(argv=None):
     try:
         root = debroot.ensure_root(args.suite)
         emulator, extra = foreign_qemu(debroot.ensure_root(args.qemu_from)) if args.qemu_from else (None, {})
-        with LibvirtRoot(root, qemu_conf=_settings(args.set) if args.set else None, **extra) as libvirt:
+        with LibvirtRoot(root, qemu_conf=settings_from_pairs(args.set) if args.set else None, **extra) as libvirt:
             verdict = ask_libvirt(libvirt, emulator=emulator)
     except (LibvirtError, debroot.RootError) as exc:
         print("libvirt_oracle.py: error: %s" % exc, file=sys.stderr)
