@@ -42,6 +42,7 @@ __all__ = [
     "choose_device_path",
     "choose_launcher",
     "default_device_acl",
+    "describe_launcher",
     "enforcing_lsms",
     "launcher_facts",
     "libvirt_daemon",
@@ -206,6 +207,25 @@ def not_reproduced(kind, settings, lsms):
         for lsm in wanted
         if lsm in lsms
     ]
+
+
+_DEVICE_PATH_WORDS = {
+    "libvirt_private_dev": "device via libvirt's private /dev",
+    "host_node": "device via the host's /dev/userfaultfd",
+    "none": "no device, syscall only",
+}
+
+
+def describe_launcher(launcher, qemu_version):
+    """One phrase for a report line: "libvirt 11.3, QEMU 10.0, device via libvirt's private /dev"."""
+    qemu = "QEMU %s" % ".".join((qemu_version or "").split(".")[:2]) if qemu_version else "QEMU (version unknown)"
+    if launcher.get("kind") == "libvirt":
+        version = ".".join((launcher.get("version") or "").split(".")[:2]) or "(version unknown)"
+        words = ["libvirt %s" % version, qemu]
+    else:
+        words = ["bare %s" % qemu]
+    words.append(_DEVICE_PATH_WORDS.get(launcher.get("device_path", {}).get("kind"), "device path unknown"))
+    return ", ".join(words)
 
 
 def choose_launcher(spec, daemon):

@@ -25,6 +25,18 @@ from libvirt_oracle import ask_libvirt, domain_xml
 from libvirt_root import LibvirtError, LibvirtRoot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+GATHER = os.path.join(REPO, "tests", "tools", "gather_facts.py")
+COLLECTIONS = os.path.join(REPO, ".build", "collections")
+# What the facts must say QEMU would open, for what QEMU was seen to find (DEVICE_VIEWS).
+DEVICE_PATH_FOR_VIEW = {"private": "libvirt_private_dev", "host": "host_node", "absent": "none"}
+# The cause the facts must name beside the sysctl when QEMU was refused.
+LAUNCHER_CAUSE = {
+    "trixie-namespaces-off": "device_permissions",
+    "trixie-acl-without-device": "device_not_in_cgroup_acl",
+    "bookworm-defaults": None,
+    "bookworm-qemu10": "libvirt_too_old_for_device",
+}
 TABLE = os.path.join(HERE, "LAUNCHERS.md")
 MOUNT_MARKS = ("hvm-libvirt", debroot.ROOTS)
 
@@ -98,16 +110,45 @@ def host_untouched():
 
 
 def _launcher_kwargs(condition, roots, account):
-    """(LibvirtRoot keywords, emulator) for a condition."""
-    kwargs, emulator = {"qemu_conf": dict(condition.qemu_conf) if condition.qemu_conf else None}, None
+    """(LibvirtRoot keywords, emulator) for a condition; the checkout is bound in so the facts can run there."""
+    kwargs, emulator = {"qemu_conf": dict(condition.qemu_conf) if condition.qemu_conf else None, "binds": [REPO]}, None
     if condition.account == "conf":
         kwargs["qemu_conf"] = dict(kwargs["qemu_conf"] or {}, user="+%d" % account.pw_uid, group="+%d" % account.pw_gid)
     elif condition.account == "remap":
         kwargs["qemu_account"] = (account.pw_uid, account.pw_gid)
     if condition.qemu_from:
         emulator, extra = libvirt_root.foreign_qemu(roots[condition.qemu_from])
+        kwargs["binds"] += extra.pop("binds")
         kwargs.update(extra)
     return kwargs, emulator
+
+
+def facts_under(libvirt, emulator):
+    """postcopy_facts as it runs on that libvirt's host: the root as /, its python3, its libvirt and QEMU."""
+    import json
+
+    params = {"launcher": "auto", "qemu_binary": emulator or "auto"}
+    proc = libvirt.run("env", "PYTHONPATH=" + COLLECTIONS, "/usr/bin/python3", GATHER, json.dumps(params))
+    return json.loads(proc.stdout)["ansible_facts"]
+
+
+def check_facts_agree(condition, facts, accepted, sysctl):
+    """The facts' verdict is QEMU's, for QEMU's reason, with a remedy that can help under this launcher."""
+    launcher = facts["postcopy"]["launcher"]
+    assert launcher["kind"] == "libvirt" and launcher["version"].startswith(SUITE_VERSIONS[condition.suite][0] + "."), launcher
+    assert launcher["device_path"]["kind"] == DEVICE_PATH_FOR_VIEW[condition.device], launcher["device_path"]
+    if launcher["device_path"]["kind"] == "libvirt_private_dev":
+        assert launcher["device_path"]["reproduced"] is True, launcher["device_path"]
+    assert facts["postcopy_supported"] is accepted, "sysctl %d: %s" % (sysctl, facts["postcopy"]["causes"])
+    causes = [cause["cause"] for cause in facts["postcopy"]["causes"]]
+    if accepted:
+        return
+    assert causes[0] == "unprivileged_userfaultfd_sysctl", causes
+    if LAUNCHER_CAUSE[condition.id]:
+        assert LAUNCHER_CAUSE[condition.id] in causes, causes
+    remedies = " ".join(cause["remedy"] for cause in facts["postcopy"]["causes"])
+    if not launcher["device_path"]["host_grant_helps"]:
+        assert "udev" not in remedies.split("cannot")[0] and "postcopy_grant_access=device" not in remedies, remedies
 
 
 def _expected_ids(condition, roots, account):
@@ -146,6 +187,8 @@ def test_qemu_answer_under_libvirt(condition, roots, agreement_user, host_untouc
             if not expected:
                 # the syscall QEMU falls back to is refused; QEMU 7.2 says so only on its stderr
                 assert "Operation not permitted" in verdict.message
+            facts = hostctl.steady(lambda: facts_under(libvirt, emulator), sysctl=sysctl, mode=0o600)
+            check_facts_agree(condition, facts, verdict.accepted, sysctl)
     assert libvirt.host_changes == []
     assert libvirt.cgroups_left == []
 

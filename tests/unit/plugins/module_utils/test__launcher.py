@@ -120,3 +120,24 @@ def test_the_private_node_opens_as_qemus_account_and_the_host_node_is_untouched(
     assert seen == {"owner": account.uid, "rdev": before.st_rdev, "dev_entries": ["userfaultfd"]}
     assert (host.st_uid, host.st_gid, stat.S_IMODE(host.st_mode)) == (before.st_uid, before.st_gid, 0o600)
     assert "userfaultfd" in os.listdir("/dev") and len(os.listdir("/dev")) > 1  # the tmpfs stayed in the child
+
+
+@pytest.mark.parametrize(
+    "launcher, qemu, words",
+    [
+        (
+            {"kind": "libvirt", "version": "11.3.0", "device_path": {"kind": "libvirt_private_dev"}},
+            "10.0.7",
+            "libvirt 11.3, QEMU 10.0, device via libvirt's private /dev",
+        ),
+        (
+            {"kind": "libvirt", "version": None, "device_path": {"kind": "none"}},
+            None,
+            "libvirt (version unknown), QEMU (version unknown), no device, syscall only",
+        ),
+        ({"kind": "qemu", "version": None, "device_path": {"kind": "host_node"}}, "8.2.2", "bare QEMU 8.2, device via the host's /dev/userfaultfd"),
+    ],
+)
+def test_one_phrase_says_launcher_versions_and_device_path(launcher, qemu, words):
+    assert _launcher.describe_launcher(launcher, qemu) == words
+    assert set(_launcher._DEVICE_PATH_WORDS) == set(_launcher.DEVICE_PATHS)
