@@ -3,15 +3,18 @@
 #
 #   ./dev.sh preflight [ansible-playbook args]   run the hypervisor.migration.preflight playbook
 #   ./dev.sh test                                run every test stage, then print a summary
-#   ./dev.sh STAGE                               run one stage: ruff changelog unit agreement integration
-#                                                sanity lint molecule bench
-#   ./dev.sh setup                               only prepare the machine and .venv/
+#   ./dev.sh STAGE                               run one stage: ruff changelog docs galaxy unit agreement
+#                                                integration sanity lint molecule bench
+#   ./dev.sh setup                               only prepare the machine and .venv/ for the tests
 #   ./dev.sh shell                               a shell with the environment dev.sh uses
 #
-# Works on a fresh Debian 12 machine as root with only python3 and apt: it installs the Debian
-# packages it needs, creates .venv/ from tests/requirements.txt and makes the collection visible
-# to Ansible through .build/collections (a symlink to this checkout). Setup is idempotent and
-# skipped when tests/requirements.txt and this file have not changed since it last succeeded.
+# Works on a fresh Debian 12 machine as root with only python3 and apt. The preflight needs only
+# ansible-core: it installs tests/requirements-preflight.txt into .venv/ and no Debian package.
+# The tests install the Debian packages they use and tests/requirements.txt. Either way the
+# collection is visible to Ansible through .build/collections (a symlink to this checkout). Setup
+# is idempotent and skipped when the requirements and this file have not changed since it last
+# succeeded. The collection checks of the Ansible ecosystem (antsibull-docs, galaxy-importer,
+# ansible-test, yamllint) are nox sessions (noxfile.py, antsibull-nox.toml): nox --list.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
@@ -21,7 +24,6 @@ VENV=$REPO/.venv
 BUILD=$REPO/.build
 COLLECTIONS=$BUILD/collections
 COLLECTION_LINK=$COLLECTIONS/ansible_collections/hypervisor/migration
-SANITY_ROOT=$BUILD/sanity/ansible_collections/hypervisor/migration
 INVENTORY=$BUILD/inventory/localhost.ini
 STAMP=$VENV/.dev-setup-stamp
 PYTHON=${PYTHON:-python3}
@@ -31,12 +33,14 @@ PYTHON=${PYTHON:-python3}
 # ansible-test sanity runs shellcheck on shell scripts, libvirt0 (the library alone, no daemon) is
 # the oracle for libvirt's configuration file grammar, debootstrap makes the Debian 12 and 13 roots
 # whose libvirt and QEMU the agreement stage runs (tests/tools/debroot.py, cached in /var/cache).
-APT_PACKAGES=(qemu-system-x86 qemu-utils python3-seccomp libseccomp2 chromium fonts-liberation passwd shellcheck libvirt0 debootstrap)
+APT_TEST_PACKAGES=(qemu-system-x86 qemu-utils python3-seccomp libseccomp2 chromium fonts-liberation passwd shellcheck libvirt0 debootstrap)
+PREFLIGHT_REQUIREMENTS=tests/requirements-preflight.txt
+TEST_REQUIREMENTS=tests/requirements.txt
 
 # Unprivileged account the unit and integration tests switch to.
 export HVM_TEST_USER=hvm-probe-test
 TEST_USER_STATE=/run/hvm-probe-test.dev-sh
-STAGES=(ruff changelog unit agreement integration sanity lint molecule bench)
+STAGES=(ruff changelog docs galaxy unit agreement integration sanity lint molecule bench)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
@@ -58,12 +62,14 @@ apt_missing() {
     done
 }
 
+# Installs the Debian packages named as arguments (and python3-venv where venv cannot run).
 setup_apt() {
-    local -a wanted=("${APT_PACKAGES[@]}") missing
+    local -a wanted=("$@") missing
     if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
         wanted+=(python3-venv)
     fi
-    command -v dpkg-query >/dev/null 2>&1 || { log "no dpkg: not installing ${wanted[*]}"; return 0; }
+    command -v dpkg-query >/dev/null 2>&1 || { ((${#wanted[@]} == 0)) || log "no dpkg: not installing ${wanted[*]}"; return 0; }
+    ((${#wanted[@]})) || return 0
     mapfile -t missing < <(apt_missing "${wanted[@]}")
     ((${#missing[@]})) || return 0
     if [[ $(id -u) != 0 ]]; then
@@ -77,9 +83,10 @@ setup_apt() {
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# The hash of one requirements file (with the files it includes), this script and the interpreter.
 setup_hash() {
     {
-        cat tests/requirements.txt "${BASH_SOURCE[0]}"
+        cat "$1" "$PREFLIGHT_REQUIREMENTS" "${BASH_SOURCE[0]}"
         "$PYTHON" -c 'import sys; print(sys.version)'
     } | sha256sum | cut -d' ' -f1
 }
@@ -91,20 +98,24 @@ quiet_pip() {
     return "$rc"
 }
 
+# .venv with the requirements file given; the test requirements include the preflight's, so a
+# .venv set up for the tests serves the preflight as it is.
 setup_venv() {
+    local requirements=$1 hash stamp=""
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "$PYTHON is older than 3.11 (ansible-core 2.19 needs 3.11+)"
-    local hash
-    hash=$(setup_hash)
-    if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c '' 2>/dev/null && [[ -f $STAMP && $(<"$STAMP") == "$hash" ]]; then
-        return 0
+    hash=$(setup_hash "$requirements")
+    [[ -f $STAMP ]] && stamp=$(<"$STAMP")
+    if [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -c '' 2>/dev/null; then
+        [[ $stamp == "$hash" ]] && return 0
+        [[ $requirements == "$PREFLIGHT_REQUIREMENTS" && $stamp == "$(setup_hash "$TEST_REQUIREMENTS")" ]] && return 0
     fi
     if ! { [[ -x $VENV/bin/python ]] && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }; then
         log "creating $VENV with $("$PYTHON" -c 'import sys; print(sys.executable)')"
         rm -rf "$VENV"
         "$PYTHON" -m venv "$VENV"
     fi
-    log "installing tests/requirements.txt into .venv"
-    quiet_pip install -q -r tests/requirements.txt
+    log "installing $requirements into .venv"
+    quiet_pip install -q -r "$requirements"
     printf '%s\n' "$hash" >"$STAMP"
 }
 
@@ -130,13 +141,20 @@ setup_env() {
     unset PYTHONHOME
 }
 
+# setup [preflight]: everything the tests use, or only what the preflight needs.
 setup() {
+    local -a packages=("${APT_TEST_PACKAGES[@]}")
+    local requirements=$TEST_REQUIREMENTS
+    if [[ ${1:-} == preflight ]]; then
+        packages=()
+        requirements=$PREFLIGHT_REQUIREMENTS
+    fi
     mkdir -p "$BUILD"
     # One setup at a time per checkout (several dev.sh runs may start together).
     exec {setup_lock}>"$BUILD/setup.lock"
     flock "$setup_lock"
-    setup_apt
-    setup_venv
+    setup_apt "${packages[@]}"
+    setup_venv "$requirements"
     setup_collection
     exec {setup_lock}>&-
     setup_env
@@ -191,7 +209,7 @@ existing() {
 
 stage_ruff() {
     local -a paths
-    mapfile -t paths < <(existing plugins tests bench)
+    mapfile -t paths < <(existing plugins tests bench noxfile.py)
     ((${#paths[@]})) || { skip_stage "ruff: nothing to check"; return 0; }
     ruff check --no-cache "${paths[@]}"
 }
@@ -305,44 +323,40 @@ EOF
     mv "$cache.tmp" "$cache"
 }
 
-# ansible-test wants the collection at a real .../ansible_collections/NS/NAME path (no symlinks):
-# sanity runs on a copy of the files git would commit (tracked, and untracked but not ignored).
-copy_for_sanity() {
-    rm -rf "$SANITY_ROOT"
-    mkdir -p "$SANITY_ROOT"
-    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-        local f
-        git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
-            [[ -e $f || -L $f ]] && printf '%s\0' "$f"
-        done | tar --null --no-recursion -T - -cf - | tar -xf - -C "$SANITY_ROOT"
-    else
-        tar --exclude=./.git --exclude=./.venv --exclude=./.build --exclude=./tests/output \
-            --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache -cf - . | tar -xf - -C "$SANITY_ROOT"
-    fi
-    # ansible-test looks upwards for a .git to list the files it tests; without one of its own the
-    # copy would be seen through this checkout's .git, which ignores .build/, and nothing would be
-    # tested. An empty repository lists every copied file as untracked.
-    git -c init.defaultBranch=main init -q "$SANITY_ROOT"
-}
-
-stage_sanity() {
-    local pyver
-    pyver=$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-    seed_get_pip
-    copy_for_sanity
+# An antsibull-nox session (noxfile.py): nox makes a virtual environment per session under .nox/,
+# reused between runs, and antsibull-nox copies the collection into an ansible_collections tree.
+nox_session() {
+    local -a color=(--no-color)
+    [[ -t 1 ]] && color=(--force-color)
     (
-        cd "$SANITY_ROOT"
         unset ANSIBLE_COLLECTIONS_PATH
-        ansible-test sanity --python "$pyver" --color no \
-            2> >(grep -v -e 'is ignored: it is neither a file nor a directory' >&2)
+        nox "${color[@]}" --reuse-venv yes "$@" 2> >(grep -v -e 'is ignored: it is neither a file nor a directory' >&2)
     )
 }
 
-# As in a plain clone: ansible-lint installs the collection itself (.ansible-lint says how).
+# antsibull-docs: the plugin and role docs and docs/docsite (links, references, RST).
+stage_docs() {
+    nox_session -s docs-check
+}
+
+# The tarball as ansible-galaxy builds it, and galaxy-importer on it as Galaxy runs it on upload
+# (tests/galaxy-importer.cfg).
+stage_galaxy() {
+    nox_session -s build-import-check
+}
+
+stage_sanity() {
+    seed_get_pip
+    nox_session -s ansible-test-sanity
+}
+
+# ansible-lint as in a plain clone (it installs the collection itself, .ansible-lint says how),
+# then antsibull-nox's lint (ruff, yamllint also on the docs' YAML) and extra checks.
 stage_lint() {
     local -a color=()
     [[ -t 1 ]] || color=(--nocolor)  # ansible-lint colours even a log file
     env -u ANSIBLE_COLLECTIONS_PATH ansible-lint "${color[@]}"
+    nox_session -s lint extra-checks
 }
 
 stage_molecule() {
@@ -464,7 +478,7 @@ main() {
         '' | -h | --help | help) usage; [[ -n $cmd ]] ;;
         setup) setup ;;
         shell) setup; test_user_acquire; trap test_user_release EXIT; log "dev.sh environment; exit to leave"; "${SHELL:-bash}" -i ;;
-        preflight) setup; cmd_preflight "$@" ;;
+        preflight) setup preflight; cmd_preflight "$@" ;;
         test) setup; trap test_user_release EXIT; cmd_test ;;
         *)
             local s

@@ -21,7 +21,7 @@ description:
   - Fails, changing nothing, when a component is not a directory or could be changed (or
     redirected) by another account. Root writing into such a directory could be redirected by that account
     (a swapped symlink makes root create or chmod a file elsewhere); the role
-    M(hypervisor.migration.postcopy) creates every directory it writes into with this module.
+    P(hypervisor.migration.postcopy#role) creates every directory it writes into with this module.
   - An existing directory is left as it is (its mode is not changed).
 author:
   - hypervisor.migration developers (@hypervisor-migration)
@@ -38,6 +38,8 @@ options:
     type: str
     default: "0755"
     version_added: 1.0.0
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
     support: full

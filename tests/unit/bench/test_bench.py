@@ -11,9 +11,8 @@ import pytest
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
-import benchlib  # noqa: E402
-
 import bench  # noqa: E402
+import benchlib  # noqa: E402
 
 BASE = [1.00, 1.02, 0.98, 1.01, 0.99, 1.00]
 
