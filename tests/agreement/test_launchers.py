@@ -78,6 +78,14 @@ def _descendants(root_pid):
     return found
 
 
+def _cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(gone)"
+
+
 def _our_mounts():
     with open("/proc/self/mountinfo") as handle:
         return [line.strip() for line in handle if any(mark in line for mark in MOUNT_MARKS)]
@@ -103,7 +111,8 @@ def host_untouched():
     """After the test: no process below pytest, none of our mounts, sysctl and node as before."""
     sysctl, node = hostctl.read_sysctl(), _node()
     yield
-    assert _descendants(os.getpid()) == []
+    left = _descendants(os.getpid())
+    assert left == [], [_cmdline(pid) for pid in left]
     assert _our_mounts() == []
     assert _settled(hostctl.read_sysctl, sysctl) == sysctl
     assert _settled(_node, node) == node
