@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
@@ -415,11 +416,12 @@ class LibvirtRoot:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
             start_new_session=True, env={"PATH": PATH, "LC_ALL": "C"})
         try:
-            line = self._proc.stdout.readline().decode(errors="replace").strip()
+            ready, _, _ = select.select([self._proc.stdout], [], [], self.timeout)
+            line = self._proc.stdout.readline().decode(errors="replace").strip() if ready else "(no answer in %ss)" % self.timeout
         finally:
             os.unlink(spec_path)
         if line != READY:
-            raise LibvirtError("libvirt's namespace did not come up: %s" % self.log_text())
+            raise LibvirtError("libvirt's namespace did not come up: %s %s" % (line, self.log_text()))
         children = _children(self._proc.pid)
         if len(children) != 1:
             raise LibvirtError("cannot find the namespace's init below unshare (%s)" % children)
@@ -557,8 +559,8 @@ def main(argv=None):
     try:
         root = debroot.ensure_root(args.suite)
         with LibvirtRoot(root, qemu_conf=settings_from_pairs(args.set) if args.set else None) as libvirt:
-            print("%s %s (libvirt %s, QEMU %s), init pid %d" % (libvirt.daemon, args.suite, libvirt.libvirt_version,
-                                                               libvirt.qemu_version, libvirt.init_pid), file=sys.stderr)
+            about = (libvirt.daemon, args.suite, libvirt.libvirt_version, libvirt.qemu_version, libvirt.init_pid)
+            print("%s %s (libvirt %s, QEMU %s), init pid %d" % about, file=sys.stderr)
             if args.command:
                 proc = libvirt.virsh(*args.command, check=False)
                 sys.stdout.write(proc.stdout)
