@@ -79,25 +79,35 @@ def _node():
     return info.st_uid, info.st_gid, info.st_mode & 0o7777
 
 
-def _settled(read, expected, seconds=10):
-    """read() once it equals expected, else its last value: other runs may hold a change briefly."""
+def _settled(read, expected, also=None, seconds=10):
+    """read() once it equals expected (or also), else its last value: other runs hold changes briefly."""
     deadline = time.monotonic() + seconds
     value = read()
-    while value != expected and time.monotonic() < deadline:
+    while value not in (expected, also) and time.monotonic() < deadline:
         time.sleep(0.2)
         value = read()
     return value
 
 
+@pytest.fixture(scope="session")
+def resting_host():
+    """The sysctl and node as the session found them."""
+    return hostctl.read_sysctl(), _node()
+
+
 @pytest.fixture
-def host_untouched():
-    """After the test: no process below pytest, none of our mounts, sysctl and node as before."""
+def host_untouched(resting_host):
+    """After the test: no process below pytest, none of our mounts, sysctl and node as before.
+
+    Other test runs on a shared machine change the sysctl and the node's mode for a while: a
+    value is as before when it is the one this test started with or the one the session did.
+    """
     sysctl, node = hostctl.read_sysctl(), _node()
     yield
     assert _descendants(os.getpid()) == []
     assert _our_mounts() == []
-    assert _settled(hostctl.read_sysctl, sysctl) == sysctl
-    assert _settled(_node, node) == node
+    assert _settled(hostctl.read_sysctl, sysctl, also=resting_host[0]) in (sysctl, resting_host[0])
+    assert _settled(_node, node, also=resting_host[1]) in (node, resting_host[1])
 
 
 def _launcher_kwargs(condition, roots, account):
@@ -140,7 +150,7 @@ def test_qemu_answer_under_libvirt(condition, roots, agreement_user, host_untouc
     ids = _expected_ids(condition, roots, agreement_user)
     with LibvirtRoot(roots[condition.suite], **kwargs) as libvirt:
         for sysctl, expected in zip((0, 1), condition.accepted):
-            verdict = hostctl.steady(lambda: ask_libvirt(libvirt, emulator=emulator), sysctl=sysctl, mode=0o600)
+            verdict = hostctl.steady(lambda: ask_libvirt(libvirt, emulator=emulator), sysctl=sysctl, mode=0o600, attempts=8)
             assert verdict.libvirt_version.startswith(libvirt_version + ".")
             assert verdict.qemu_version.startswith(qemu_version + "."), verdict
             assert verdict.qemu_ids == ids
@@ -212,7 +222,7 @@ def test_wrapper_reports_qemu10_to_the_modules(qemu10, roots):
 def test_bare_qemu10_as_an_account(sysctl, mode, accepted, qemu10, agreement_user, host_untouched):
     """QEMU 10 opens /dev/userfaultfd first and falls back to the syscall: the node's mode decides at sysctl 0."""
     verdict = hostctl.steady(lambda: qemu_oracle.ask_qemu(user=agreement_user.pw_name, qemu_binary=qemu10),
-                             sysctl=sysctl, mode=mode)
+                             sysctl=sysctl, mode=mode, attempts=8)
     assert verdict.qemu_version.startswith(SUITE_VERSIONS["trixie"][1] + ".")
     assert verdict.accepted is accepted, verdict.message
     if not accepted:
@@ -222,7 +232,8 @@ def test_bare_qemu10_as_an_account(sysctl, mode, accepted, qemu10, agreement_use
 def test_launchers_table_matches_the_conditions():
     """LAUNCHERS.md's table has one row per condition, with the answers the tests assert."""
     with open(TABLE) as handle:
-        rows = [line for line in handle if line.startswith("| `")]
+        lines = handle.read().split("\n| Condition |", 1)[1].split("\n\n", 1)[0].splitlines()
+    rows = [line for line in lines if line.startswith("| `")]
     table = {}
     for row in rows:
         cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
