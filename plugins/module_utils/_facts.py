@@ -62,9 +62,9 @@ def _qemu_facts(spec, timeout):
     return facts
 
 
-def _probe_account(spec, configured, warn):
+def _probe_account(spec, settings, warn):
     """The account to probe as; without root, the module's own account (with a warning)."""
-    account = resolve_account(spec, configured)
+    account = resolve_account(spec, settings.get("user"), settings.get("group"))
     if account_switch_needed(account) and os.geteuid() != 0:
         own = resolve_account(str(os.geteuid()))
         warn("not running as root: probing as %s instead of %s, the verdict may differ for QEMU's account" % (own.name, account.name))
@@ -118,7 +118,7 @@ def gather_postcopy_facts(params, warn=lambda msg: None):
     qemu = _qemu_facts(options["qemu_binary"], options["timeout"])
     device = device_info(DEVICE_PATH)
     launcher = launcher_facts(options["launcher"], device["present"] and device["char_device"], qemu["uses_device"])
-    account, switch = _probe_account(options["probe_user"], launcher["settings"].get("user"), warn)
+    account, switch = _probe_account(options["probe_user"], launcher["settings"], warn)
     prepare, private_dev = _private_dev_preparer(launcher, account, switch, warn)
     device_first = launcher["device_path"]["kind"] != "none"
     backend = select_backend(options["ffi_backend"])

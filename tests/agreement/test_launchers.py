@@ -31,12 +31,13 @@ GATHER = os.path.join(REPO, "tests", "tools", "gather_facts.py")
 COLLECTIONS = os.path.join(REPO, ".build", "collections")
 # What the facts must say QEMU would open, for what QEMU was seen to find (DEVICE_VIEWS).
 DEVICE_PATH_FOR_VIEW = {"private": "libvirt_private_dev", "host": "host_node", "absent": "none"}
-# The cause the facts must name beside the sysctl when QEMU was refused.
-LAUNCHER_CAUSE = {
-    "trixie-namespaces-off": "device_permissions",
-    "trixie-acl-without-device": "device_not_in_cgroup_acl",
-    "bookworm-defaults": None,
-    "bookworm-qemu10": "libvirt_too_old_for_device",
+# When QEMU was refused: the cause the facts must put first, and the launcher's cause beside it.
+LAUNCHER_CAUSES = {
+    "trixie-namespaces-off": ("unprivileged_userfaultfd_sysctl", "device_permissions"),
+    "trixie-namespaces-off-seccomp": ("seccomp", None),
+    "trixie-acl-without-device": ("unprivileged_userfaultfd_sysctl", "device_not_in_cgroup_acl"),
+    "bookworm-defaults": ("unprivileged_userfaultfd_sysctl", None),
+    "bookworm-qemu10": ("unprivileged_userfaultfd_sysctl", "libvirt_too_old_for_device"),
 }
 TABLE = os.path.join(HERE, "LAUNCHERS.md")
 # libvirt_root.py's mounts (tmpfs and overlay sources, staging directories) carry this mark;
@@ -133,7 +134,8 @@ def host_untouched(resting_host):
 
 def _launcher_kwargs(condition, roots, account):
     """(LibvirtRoot keywords, emulator) for a condition; the checkout is bound in so the facts can run there."""
-    kwargs, emulator = {"qemu_conf": dict(condition.qemu_conf) if condition.qemu_conf else None, "binds": [REPO]}, None
+    kwargs = {"qemu_conf": dict(condition.qemu_conf) if condition.qemu_conf else None, "binds": [REPO], "seccomp_deny": condition.deny}
+    emulator = None
     if condition.account == "conf":
         kwargs["qemu_conf"] = dict(kwargs["qemu_conf"] or {}, user="+%d" % account.pw_uid, group="+%d" % account.pw_gid)
     elif condition.account == "remap":
@@ -165,9 +167,10 @@ def check_facts_agree(condition, facts, accepted, sysctl):
     causes = [cause["cause"] for cause in facts["postcopy"]["causes"]]
     if accepted:
         return
-    assert causes[0] == "unprivileged_userfaultfd_sysctl", causes
-    if LAUNCHER_CAUSE[condition.id]:
-        assert LAUNCHER_CAUSE[condition.id] in causes, causes
+    first, beside = LAUNCHER_CAUSES[condition.id]
+    assert causes[0] == first, causes
+    if beside:
+        assert beside in causes, causes
     remedies = " ".join(cause["remedy"] for cause in facts["postcopy"]["causes"])
     if not launcher["device_path"]["host_grant_helps"]:
         assert "udev" not in remedies.split("cannot")[0] and "postcopy_grant_access=device" not in remedies, remedies

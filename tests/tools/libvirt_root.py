@@ -343,10 +343,19 @@ def _ns_pid_to_host(ns, ns_pid):
     return None
 
 
+def _seccomp_prefix(deny):
+    if not deny:
+        return []
+    prefix = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp_exec.py")]
+    for spec in deny:
+        prefix += ["--deny", spec]
+    return prefix + ["--"]
+
+
 class LibvirtRoot:
     """libvirt from a Debian root, running on this host until the block ends."""
 
-    def __init__(self, root, qemu_conf=None, qemu_account=None, binds=(), files=None, timeout=60):
+    def __init__(self, root, qemu_conf=None, qemu_account=None, binds=(), files=None, timeout=60, seccomp_deny=()):
         """``qemu_conf``: settings for qemu.conf (None: the root's packaged file, all comments).
         ``qemu_account``: (uid, gid) the root's libvirt-qemu account and group get instead of
         theirs, e.g. a host test account's, so a host-side probe can run as the same ids.
@@ -362,6 +371,9 @@ class LibvirtRoot:
         self.qemu_conf = qemu_conf
         self.qemu_account = tuple(qemu_account) if qemu_account else root_account(root)
         self.binds = tuple(binds)
+        # A container runtime's seccomp profile: everything in the namespace, libvirtd, its QEMUs
+        # and what run() starts, runs under a filter denying these syscalls (seccomp_exec.py --deny).
+        self.seccomp_prefix = _seccomp_prefix(seccomp_deny)
         self.files = dict(files or {})
         self.timeout = timeout
         self.host_changes = []
@@ -411,8 +423,8 @@ class LibvirtRoot:
             json.dump(self._spec(), handle)
         self._log = tempfile.TemporaryFile(prefix="hvm-libvirt-root-log-")
         self._proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-             sys.executable, os.path.abspath(__file__), "_init", spec_path],
+            self.seccomp_prefix + ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+                                   sys.executable, os.path.abspath(__file__), "_init", spec_path],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
             start_new_session=True, env={"PATH": PATH, "LC_ALL": "C"})
         try:
@@ -521,7 +533,7 @@ class LibvirtRoot:
         """
         if not self._init_pid:
             raise LibvirtError("libvirt is not running")
-        cmd = ["nsenter", "-t", str(self._init_pid), "-m", "-p", "-r", "-w"] + list(argv)
+        cmd = self.seccomp_prefix + ["nsenter", "-t", str(self._init_pid), "-m", "-p", "-r", "-w"] + list(argv)
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, env=dict(env or {}, PATH=PATH, LC_ALL="C"),
                               timeout=timeout or self.timeout, check=False)
         if check and proc.returncode != 0:
