@@ -61,7 +61,9 @@ def _set_in_file(setting):
 
 def _unjudgeable(setting, what):
     if setting.get("source") == "unreadable":
-        raise AccountError("cannot tell QEMU's account: qemu.conf's %s cannot be judged; fix the file or set the account explicitly" % what)
+        raise AccountError(
+            "cannot tell QEMU's account: %s; fix the file or set the account explicitly" % setting.get("error", "qemu.conf's %s cannot be judged" % what)
+        )
 
 
 def _configured_gid(group, default):
