@@ -17,6 +17,7 @@ __all__ = [
     "Account",
     "AccountError",
     "LIBVIRT_QEMU_CONF",
+    "NO_QEMU_ACCOUNT",
     "QEMU_ACCOUNT_NAMES",
     "account_switch_needed",
     "group_name",
@@ -28,6 +29,8 @@ __all__ = [
 LIBVIRT_QEMU_CONF = "/etc/libvirt/qemu.conf"
 # Fedora/RHEL packages create "qemu", Debian/Ubuntu "libvirt-qemu".
 QEMU_ACCOUNT_NAMES = ("qemu", "libvirt-qemu")
+# The reason auto gives when it found no QEMU account and fell back to the module's own.
+NO_QEMU_ACCOUNT = "no libvirt QEMU account found; probing as the module's own account"
 
 Account = namedtuple("Account", "name uid gid groups source reason")
 
@@ -78,7 +81,7 @@ def _auto_account(conf_path):
         if entry is not None:
             return _from_passwd(entry, "auto", "account %s exists (libvirt's default QEMU account)" % name)
     entry = pwd.getpwuid(os.geteuid())
-    return _from_passwd(entry, "auto", "no libvirt QEMU account found; probing as the module's own account")
+    return _from_passwd(entry, "auto", NO_QEMU_ACCOUNT)
 
 
 def resolve_account(spec="auto", conf_path=LIBVIRT_QEMU_CONF):
