@@ -130,6 +130,9 @@ class Context(object):
                 "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
                 "ANSIBLE_LOCAL_TEMP": os.path.join(self.workdir, "local-tmp"),
                 "ANSIBLE_REMOTE_TMP": os.path.join(self.workdir, "remote-tmp"),
+                # gather_facts runs several fact modules as async jobs; their job files stay behind
+                # in the async directory (~/.ansible_async by default), so it lies in the workdir.
+                "ANSIBLE_ASYNC_DIR": os.path.join(self.workdir, "async"),
                 "ANSIBLE_FORKS": str(FORKS),
                 "ANSIBLE_NOCOLOR": "1",
                 "ANSIBLE_FORCE_COLOR": "0",

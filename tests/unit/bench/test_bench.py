@@ -66,3 +66,16 @@ def test_only_facts_modules_is_excused():
     # Every other goal is held to its goal; an entry here needs its reason in docs/performance.md.
     assert sorted(bench.UNREACHABLE) == ["facts_modules"]
     assert bench.UNREACHABLE["facts_modules"][0] < 4
+
+
+def test_async_job_files_stay_in_the_workdir(tmp_path):
+    # gather_facts with two fact modules runs them as async jobs (the facts_modules figure); their
+    # job files must not pile up in the home directory of whoever runs bench.
+    home = tmp_path / "home"
+    home.mkdir()
+    ctx = bench.Context("quick", str(tmp_path))
+    env = dict(ctx.env, HOME=str(home))
+    argv = ctx.adhoc("ansible.builtin.gather_facts") + ["-e", '{"ansible_facts_modules": ["ansible.builtin.setup", "ansible.builtin.ping"]}']
+    ctx.run(argv, env=env)
+    assert not (home / ".ansible_async").exists()
+    assert os.listdir(os.path.join(str(tmp_path), "async"))
