@@ -2,7 +2,10 @@
 # Copyright: hypervisor.migration contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filters behind the hypervisor.migration.preflight playbook: the module arguments taken from
-variables, one line per host, whether a host fails the run, and the fleet summary."""
+variables, one line per host, the fleet summary, and the hosts that fail the run.
+
+The playbook hands the registered results of every host to one task that runs once: a task per
+host costs Ansible a worker process per host, which at a thousand hosts is most of the run."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -105,8 +108,7 @@ def preflight_summary(results):
 
     A host without a result (it never reached the probe) counts as failed.
     """
-    if not isinstance(results, dict):
-        raise AnsibleFilterError("postcopy_preflight_summary: expected a mapping of host to result, got %s" % type(results).__name__)
+    results = _checked_results(results, "postcopy_preflight_summary")
     hosts = dict((kind, []) for kind in OUTCOMES)
     causes = {}
     for host in sorted(results):
@@ -132,6 +134,25 @@ def preflight_summary_line(summary):
     return "%d host%s: %s" % (summary["hosts"], "" if summary["hosts"] == 1 else "s", ", ".join(parts))
 
 
+def _checked_results(results, what):
+    if not isinstance(results, dict):
+        raise AnsibleFilterError("%s: expected a mapping of host to result, got %s" % (what, type(results).__name__))
+    return results
+
+
+def preflight_lines(results):
+    """One line per host ("host: line"), in host name order, then the summary line."""
+    results = _checked_results(results, "postcopy_preflight_lines")
+    lines = ["%s: %s" % (host, preflight_line(results[host] or {"failed": True, "msg": "no result"})) for host in sorted(results)]
+    return lines + [preflight_summary_line(preflight_summary(results))]
+
+
+def preflight_failing(results, require=False):
+    """The hosts that fail the run, in host name order (a host without a result among them)."""
+    results = _checked_results(results, "postcopy_preflight_failing")
+    return [host for host in sorted(results) if not results[host] or preflight_fails(results[host], require)]
+
+
 class FilterModule(object):
     """hypervisor.migration preflight filters."""
 
@@ -139,7 +160,8 @@ class FilterModule(object):
         return {
             "postcopy_preflight_args": preflight_args,
             "postcopy_preflight_line": preflight_line,
-            "postcopy_preflight_fails": preflight_fails,
+            "postcopy_preflight_failing": preflight_failing,
+            "postcopy_preflight_lines": preflight_lines,
             "postcopy_preflight_outcome": outcome,
             "postcopy_preflight_summary": preflight_summary,
             "postcopy_preflight_summary_line": preflight_summary_line,

@@ -109,11 +109,34 @@ def test_summary_line_names_at_most_ten_hosts_per_outcome():
     )
 
 
+def test_lines_are_one_per_host_then_the_summary():
+    lines = preflight.preflight_lines({"hv-2": UNREACHABLE, "hv-1": probed()})
+    assert lines == [
+        "hv-1: SUPPORTED: post-copy works for libvirt-qemu (uid 64055), QEMU 7.2.22, kernel 6.18.0, userfaultfd via syscall",
+        "hv-2: UNREACHABLE: Failed to connect to the host via ssh: Connection refused",
+        "2 hosts: 1 supported, 0 not supported, 0 not probed as QEMU's account, 1 unreachable (hv-2), 0 failed",
+    ]
+
+
+def test_failing_hosts_are_those_that_did_not_answer_and_under_require_the_unsupported():
+    results = {"hv-1": probed(), "hv-2": probed(causes=[SYSCTL_CAUSE]), "hv-3": FAILED, "hv-4": None, "hv-5": UNREACHABLE}
+    assert preflight.preflight_failing(results) == ["hv-3", "hv-4", "hv-5"]
+    assert preflight.preflight_failing(results, require=True) == ["hv-2", "hv-3", "hv-4", "hv-5"]
+
+
 def test_a_single_host_is_one_host():
     assert preflight.preflight_summary_line(preflight.preflight_summary({"hv": probed()})).startswith("1 host: 1 supported")
 
 
-@pytest.mark.parametrize("call", [lambda: preflight.preflight_line("text"), lambda: preflight.preflight_summary(["hv-1"])])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: preflight.preflight_line("text"),
+        lambda: preflight.preflight_summary(["hv-1"]),
+        lambda: preflight.preflight_lines("hv-1"),
+        lambda: preflight.preflight_failing(["hv-1"]),
+    ],
+)
 def test_bad_input_is_one_line(call):
     with pytest.raises(AnsibleFilterError, match="^postcopy_preflight_"):
         call()
@@ -122,4 +145,4 @@ def test_bad_input_is_one_line(call):
 def test_filters_are_registered_under_their_names():
     names = preflight.FilterModule().filters()
     assert names["postcopy_preflight_line"] is preflight.preflight_line
-    assert set(names) == {"postcopy_preflight_" + n for n in ("args", "line", "fails", "outcome", "summary", "summary_line")}
+    assert set(names) == {"postcopy_preflight_" + n for n in ("args", "line", "lines", "failing", "outcome", "summary", "summary_line")}
