@@ -11,8 +11,15 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ast
+import os
+
 from ansible.errors import AnsibleFilterError
-from ansible_collections.hypervisor.migration.plugins.modules.postcopy_facts import ARGUMENT_SPEC
+
+# Read, not imported: importing the module would load every module_utils it uses (cffi among
+# them) into each Ansible worker process that templates the probe's arguments.
+_MODULE_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "modules", "postcopy_facts.py")
+_OPTIONS = []
 
 # The variable that sets each module option: postcopy_<option>, as in the role, whose timeout
 # variable says which timeout it is.
@@ -29,9 +36,25 @@ FAILED = "failed"
 OUTCOMES = (SUPPORTED, NOT_SUPPORTED, WRONG_ACCOUNT, UNREACHABLE, FAILED)
 
 
+def _spec_options(source):
+    """The option names of ``ARGUMENT_SPEC = dict(name=..., ...)`` in a module's source."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["ARGUMENT_SPEC"]:
+            return sorted(keyword.arg for keyword in node.value.keywords)
+    raise AnsibleFilterError("postcopy_preflight_args: no ARGUMENT_SPEC = dict(...) in %s" % _MODULE_SOURCE)
+
+
+def module_options():
+    """The postcopy_facts options, from its argument spec (read once per process)."""
+    if not _OPTIONS:
+        with open(_MODULE_SOURCE) as source:
+            _OPTIONS.extend(_spec_options(source.read()))
+    return list(_OPTIONS)
+
+
 def option_variables():
-    """Every postcopy_facts option and the variable that sets it, from the module's argument spec."""
-    return dict((option, _VARIABLE_NAMES.get(option, "postcopy_" + option)) for option in sorted(ARGUMENT_SPEC))
+    """Every postcopy_facts option and the variable that sets it."""
+    return dict((option, _VARIABLE_NAMES.get(option, "postcopy_" + option)) for option in module_options())
 
 
 def preflight_args(host_vars):

@@ -5,6 +5,9 @@
 and the fleet summary. The results fed in are shaped like postcopy_facts' registered results; the
 SSH tests (tests/ssh) check the same lines against real hosts."""
 
+import subprocess
+import sys
+
 import pytest
 from ansible.errors import AnsibleFilterError
 from ansible_collections.hypervisor.migration.plugins.filter import preflight
@@ -32,6 +35,19 @@ def probed(name="libvirt-qemu", uid=64055, qemu_account="libvirt-qemu", causes=(
 
 UNREACHABLE = {"unreachable": True, "msg": "Failed to connect to the host via ssh: Connection refused", "changed": False}
 FAILED = {"failed": True, "msg": "The module failed to execute correctly,\nyou probably need to set the interpreter.", "changed": False}
+
+
+def test_the_options_are_read_without_importing_the_module():
+    # Each Ansible worker that templates the probe's arguments calls the filter: it must not load the module's code.
+    code = (
+        "import sys; from ansible_collections.hypervisor.migration.plugins.filter import preflight; preflight.option_variables(); "
+        "print(sorted(m for m in sys.modules if '.plugins.module' in m))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+    with pytest.raises(AnsibleFilterError, match="^postcopy_preflight_args: no ARGUMENT_SPEC"):
+        preflight._spec_options("SPEC = dict(a=1)\n")
+    assert preflight._spec_options("ARGUMENT_SPEC = dict(b=dict(), a=dict())\n") == ["a", "b"]
 
 
 def test_every_module_option_has_a_variable():
