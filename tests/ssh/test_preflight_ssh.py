@@ -65,11 +65,11 @@ class Run:
         return self._report()[-1]
 
 
-def run_playbook(fleet, tmp_path, hosts, *args, playbook="hypervisor.migration.preflight", stop=False):
+def run_playbook(fleet, tmp_path, hosts, *args, playbook="hypervisor.migration.preflight", stop=False, control_persist="30s"):
     inventory_file = tmp_path / "hosts.ini"
     inventory_file.write_text(inventory(fleet, hosts))
     record = tmp_path / ("record-%d.jsonl" % len(list(tmp_path.glob("record-*"))))
-    env = fleet.env()
+    env = fleet.env(control_persist=control_persist)
     env.update(
         {
             "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false",

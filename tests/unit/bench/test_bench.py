@@ -62,10 +62,11 @@ def test_strict_holds_an_unreachable_goal_to_the_goal(monkeypatch):
     assert judged(scaled(2.0), known_miss=(3.5, "why"))["status"] == "fail"
 
 
-def test_only_facts_modules_is_excused():
+def test_only_facts_modules_and_the_ssh_fleet_are_excused():
     # Every other goal is held to its goal; an entry here needs its reason in docs/performance.md.
-    assert sorted(bench.UNREACHABLE) == ["facts_modules"]
+    assert sorted(bench.UNREACHABLE) == ["facts_modules", "fleet_ssh"]
     assert bench.UNREACHABLE["facts_modules"][0] < 4
+    assert bench.UNREACHABLE["fleet_ssh"][0] <= 1.5
 
 
 def test_async_job_files_stay_in_the_workdir(tmp_path):
