@@ -176,6 +176,11 @@ def preflight_failing(results, require=False):
     return [host for host in sorted(results) if not results[host] or preflight_fails(results[host], require)]
 
 
+def preflight_fleet(results, require=False):
+    """The lines (one per host, then the summary) and the hosts that fail the run, from one pass."""
+    return {"lines": preflight_lines(results), "failing": preflight_failing(results, require)}
+
+
 class FilterModule(object):
     """hypervisor.migration preflight filters."""
 
@@ -184,6 +189,7 @@ class FilterModule(object):
             "postcopy_preflight_args": preflight_args,
             "postcopy_preflight_line": preflight_line,
             "postcopy_preflight_failing": preflight_failing,
+            "postcopy_preflight_fleet": preflight_fleet,
             "postcopy_preflight_lines": preflight_lines,
             "postcopy_preflight_outcome": outcome,
             "postcopy_preflight_summary": preflight_summary,

@@ -162,7 +162,8 @@ class Fleet:
                 "ANSIBLE_SSH_ARGS": ssh_args,
                 "ANSIBLE_PRIVATE_KEY_FILE": self.client_key,
                 "ANSIBLE_HOST_KEY_CHECKING": "False",
-                "ANSIBLE_TIMEOUT": "5",
+                # Generous: a refused connection fails at once whatever this says, and a busy machine is slow to accept.
+                "ANSIBLE_TIMEOUT": "30",
                 "ANSIBLE_FORKS": "10",
                 "ANSIBLE_NOCOLOR": "1",
                 "ANSIBLE_LOCAL_TEMP": os.path.join(self.dir, "ansible-local"),

@@ -140,6 +140,14 @@ def test_failing_hosts_are_those_that_did_not_answer_and_under_require_the_unsup
     assert preflight.preflight_failing(results, require=True) == ["hv-2", "hv-3", "hv-4", "hv-5"]
 
 
+def test_fleet_is_the_lines_and_the_failing_hosts():
+    results = {"hv-1": probed(), "hv-2": FAILED}
+    assert preflight.preflight_fleet(results, require=True) == {
+        "lines": preflight.preflight_lines(results),
+        "failing": preflight.preflight_failing(results, require=True),
+    }
+
+
 def test_a_single_host_is_one_host():
     assert preflight.preflight_summary_line(preflight.preflight_summary({"hv": probed()})).startswith("1 host: 1 supported")
 
@@ -161,4 +169,4 @@ def test_bad_input_is_one_line(call):
 def test_filters_are_registered_under_their_names():
     names = preflight.FilterModule().filters()
     assert names["postcopy_preflight_line"] is preflight.preflight_line
-    assert set(names) == {"postcopy_preflight_" + n for n in ("args", "line", "lines", "failing", "outcome", "summary", "summary_line")}
+    assert set(names) == {"postcopy_preflight_" + n for n in ("args", "line", "lines", "failing", "fleet", "outcome", "summary", "summary_line")}
