@@ -10,6 +10,7 @@ sshd processes (stopped and reaped), the login account with its home, the sudoer
 directory, and /run/sshd when start() created it.
 """
 
+import fcntl
 import os
 import pwd
 import shutil
@@ -21,6 +22,9 @@ import time
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = "/run/sshd"
+# Fleets of concurrent test and bench runs share /run/sshd: each registers here, and the last one
+# out removes the directory when one of them created it.
+PRIVSEP_USERS = "/run/hvm-ssh-fleet"
 SUDOERS_DIR = "/etc/sudoers.d"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -84,19 +88,44 @@ class Fleet:
         self.port = _free_port(next(iter(self.layout.values()))[0])
         self.sudoers = os.path.join(SUDOERS_DIR, self.login)
         self.sshds = {}
-        self.made_privsep = False
+        self.registered = False
         self.made_account = False
 
     # -- setup
 
     def start(self):
-        if not os.path.isdir(PRIVSEP_DIR):
-            os.mkdir(PRIVSEP_DIR, 0o755)
-            self.made_privsep = True
+        self._privsep_acquire()
         self._keys()
         self._account()
         for name, addresses in self.layout.items():
             self.sshds[name] = self._sshd(name, addresses)
+
+    @staticmethod
+    def _locked():
+        os.makedirs(PRIVSEP_USERS, exist_ok=True)
+        lock = open(os.path.join(PRIVSEP_USERS, "lock"), "w")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return lock
+
+    def _privsep_acquire(self):
+        with self._locked():
+            if not os.path.isdir(PRIVSEP_DIR):
+                os.mkdir(PRIVSEP_DIR, 0o755)
+                open(os.path.join(PRIVSEP_USERS, "created"), "w").close()
+            open(os.path.join(PRIVSEP_USERS, "pid.%d" % os.getpid()), "w").close()
+            self.registered = True
+
+    def _privsep_release(self):
+        with self._locked():
+            os.unlink(os.path.join(PRIVSEP_USERS, "pid.%d" % os.getpid()))
+            users = [name for name in os.listdir(PRIVSEP_USERS) if name.startswith("pid.") and os.path.exists("/proc/%s" % name[4:])]
+            created = os.path.join(PRIVSEP_USERS, "created")
+            if users or not os.path.exists(created):
+                return
+            os.rmdir(PRIVSEP_DIR)
+            for name in os.listdir(PRIVSEP_USERS):
+                os.unlink(os.path.join(PRIVSEP_USERS, name))
+            os.rmdir(PRIVSEP_USERS)
 
     def _keys(self):
         keys = os.path.join(self.dir, "keys")
@@ -219,5 +248,5 @@ class Fleet:
 
     def _remove_files(self):
         shutil.rmtree(self.dir, ignore_errors=True)
-        if self.made_privsep:
-            os.rmdir(PRIVSEP_DIR)
+        if self.registered:
+            self._privsep_release()
