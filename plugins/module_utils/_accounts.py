@@ -16,6 +16,7 @@ from collections import namedtuple
 __all__ = [
     "Account",
     "AccountError",
+    "NO_QEMU_ACCOUNT",
     "QEMU_ACCOUNT_NAMES",
     "account_switch_needed",
     "group_name",
@@ -25,6 +26,10 @@ __all__ = [
 
 # Fedora/RHEL packages create "qemu", Debian/Ubuntu "libvirt-qemu".
 QEMU_ACCOUNT_NAMES = ("qemu", "libvirt-qemu")
+# The reason auto gives when it found no QEMU account and fell back to the module's own.
+NO_QEMU_ACCOUNT = "no QEMU account found (neither qemu.conf's user nor %s exists); probing as the module's own account" % (
+    " nor ".join(QEMU_ACCOUNT_NAMES)
+)
 
 Account = namedtuple("Account", "name uid gid groups source reason")
 
@@ -122,8 +127,7 @@ def _auto_account(configured, group=None):
         if entry is not None:
             return _from_passwd(entry, "auto", "account %s exists (libvirt's default QEMU account)" % name)
     entry = pwd.getpwuid(os.geteuid())
-    reason = "no QEMU account found (neither qemu.conf's user nor %s exists); probing as the module's own account" % " nor ".join(QEMU_ACCOUNT_NAMES)
-    return _from_passwd(entry, "auto", reason)
+    return _from_passwd(entry, "auto", NO_QEMU_ACCOUNT)
 
 
 def resolve_account(spec="auto", configured=None, group=None):
