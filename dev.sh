@@ -4,7 +4,7 @@
 #   ./dev.sh preflight [ansible-playbook args]   run the hypervisor.migration.preflight playbook
 #   ./dev.sh test                                run every test stage, then print a summary
 #   ./dev.sh STAGE                               run one stage: ruff changelog docs galaxy unit agreement
-#                                                integration sanity lint molecule bench
+#                                                integration ssh sanity lint molecule bench
 #   ./dev.sh setup                               only prepare the machine and .venv/ for the tests
 #   ./dev.sh shell                               a shell with the environment dev.sh uses
 #
@@ -32,15 +32,18 @@ PYTHON=${PYTHON:-python3}
 # interpreter in a filter that denies userfaultfd, chromium renders reports, passwd has useradd,
 # ansible-test sanity runs shellcheck on shell scripts, libvirt0 (the library alone, no daemon) is
 # the oracle for libvirt's configuration file grammar, debootstrap makes the Debian 12 and 13 roots
-# whose libvirt and QEMU the agreement stage runs (tests/tools/debroot.py, cached in /var/cache).
-APT_TEST_PACKAGES=(qemu-system-x86 qemu-utils python3-seccomp libseccomp2 chromium fonts-liberation passwd shellcheck libvirt0 debootstrap)
+# whose libvirt and QEMU the agreement stage runs (tests/tools/debroot.py, cached in /var/cache),
+# the ssh stage starts its own sshd and becomes root through sudo.
+APT_TEST_PACKAGES=(qemu-system-x86 qemu-utils python3-seccomp libseccomp2 chromium fonts-liberation passwd shellcheck libvirt0 debootstrap
+    openssh-server sudo)
+POLICY_RC=/usr/sbin/policy-rc.d
 PREFLIGHT_REQUIREMENTS=tests/requirements-preflight.txt
 TEST_REQUIREMENTS=tests/requirements.txt
 
 # Unprivileged account the unit and integration tests switch to.
 export HVM_TEST_USER=hvm-probe-test
 TEST_USER_STATE=/run/hvm-probe-test.dev-sh
-STAGES=(ruff changelog docs galaxy unit agreement integration sanity lint molecule bench)
+STAGES=(ruff changelog docs galaxy unit agreement integration ssh sanity lint molecule bench)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'dev.sh: %s\n' "$*" >&2; exit 1; }
@@ -78,9 +81,20 @@ setup_apt() {
     fi
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # The tests start the daemons they need themselves: installing openssh-server must not start
+    # an sshd listening on every address (policy-rc.d 101 = "do not start services").
+    local own_policy=0
+    if [[ ! -e $POLICY_RC ]]; then
+        printf '#!/bin/sh\n# dev.sh: no service starts while it installs packages\nexit 101\n' >"$POLICY_RC"
+        chmod 0755 "$POLICY_RC"
+        own_policy=1
+    fi
+    local rc=0
     # Wait for a concurrent apt/dpkg run instead of failing on its lock.
-    apt-get -o DPkg::Lock::Timeout=600 update -qq
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 update -qq &&
+        apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+    ((own_policy)) && rm -f "$POLICY_RC"
+    return "$rc"
 }
 
 # The hash of one requirements file (with the files it includes), this script and the interpreter.
@@ -231,6 +245,12 @@ stage_unit() {
 # docs/agreement.md is rewritten from a run by hand: pytest tests/agreement --agreement-report=docs/agreement.md
 stage_agreement() {
     PYTHONPATH="$COLLECTIONS${PYTHONPATH:+:$PYTHONPATH}" pytest tests/agreement -q -p no:cacheprovider
+}
+
+# The preflight over real SSH: tests/ssh starts its own sshd on loopback addresses and a login
+# account with sudo, and removes both.
+stage_ssh() {
+    PYTHONPATH="$COLLECTIONS${PYTHONPATH:+:$PYTHONPATH}" pytest tests/ssh -q -p no:cacheprovider
 }
 
 # Prints the targets to run, one per line, and the skipped ones on stderr.

@@ -30,6 +30,9 @@ from benchlib import BenchError, diff_interval, fmt_mib, fmt_seconds, median, ra
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
+sys.path.insert(0, os.path.join(REPO, "tests", "tools"))
+import sshfleet  # noqa: E402  (the SSH fleet tests/ssh uses)
+
 RESULTS = os.path.join(BENCH, "results")
 PLAYBOOKS = os.path.join(BENCH, "playbooks")
 COLLECTIONS = os.path.join(REPO, ".build", "collections")
@@ -39,14 +42,17 @@ TEST_USER = os.environ.get("HVM_TEST_USER", "hvm-probe-test")
 MODES = {
     "quick": {
         "adhoc_runs": 6, "probe_max_time": 0.3, "probe_min_rounds": 30, "fleet_hosts": 30, "fleet_runs": 3,
-        "gather_runs": 6, "cache_runs": 3, "canary_runs": 3, "extras": False, "kvm": False,
+        "gather_runs": 6, "cache_runs": 3, "canary_runs": 3, "extras": False, "kvm": False, "ssh_hosts": 50, "ssh_runs": 3,
     },
     "full": {
         "adhoc_runs": 20, "probe_max_time": 1.0, "probe_min_rounds": 200, "fleet_hosts": 200, "fleet_runs": 4,
-        "gather_runs": 10, "cache_runs": 8, "canary_runs": 6, "extras": True, "kvm": True,
+        "gather_runs": 10, "cache_runs": 8, "canary_runs": 6, "extras": True, "kvm": True, "ssh_hosts": 200, "ssh_runs": 4,
     },
 }
 FORKS = 20
+# The SSH fleet: forks as a real fleet run would use them, and a loopback range apart from tests/ssh's 127.0.0.x.
+SSH_FORKS = 50
+SSH_NETWORK = "127.1"
 OPTIONS = {"strict": os.environ.get("BENCH_STRICT", "") not in ("", "0")}
 
 GOALS = {
@@ -56,6 +62,7 @@ GOALS = {
     "switch_ms": 10.0,
     "fleet": 1.2,
     "fleet_memory": 1.10,
+    "fleet_ssh": 1.10,
     "facts_modules": 1.10,
     "fact_cache": 1.00,
     "canary": 2.0,
@@ -71,6 +78,10 @@ UNREACHABLE = {
                            "with async_status; that machinery costs more than the goal with any second module (the "
                            "[setup, ping] row); what postcopy_facts itself adds is the [setup, postcopy_facts] / "
                            "[setup, ping] row, held to the goal"),
+    "fleet_ssh": (1.5, "the probe task alone costs more than ping on each host (the module's payload, its QEMU version "
+                       "check and the forked, switched child: the fleet figure's 'postcopy_facts alone' row), and here all "
+                       "the managed hosts run on the controller's own 2 cores; what the preflight playbook adds to the module "
+                       "is the 'preflight playbook / postcopy_facts alone' row, held to the goal"),
 }
 
 
@@ -130,6 +141,9 @@ class Context(object):
                 "ANSIBLE_COLLECTIONS_PATH": COLLECTIONS,
                 "ANSIBLE_LOCAL_TEMP": os.path.join(self.workdir, "local-tmp"),
                 "ANSIBLE_REMOTE_TMP": os.path.join(self.workdir, "remote-tmp"),
+                # gather_facts runs several fact modules as async jobs; their job files stay behind
+                # in the async directory (~/.ansible_async by default), so it lies in the workdir.
+                "ANSIBLE_ASYNC_DIR": os.path.join(self.workdir, "async"),
                 "ANSIBLE_FORKS": str(FORKS),
                 "ANSIBLE_NOCOLOR": "1",
                 "ANSIBLE_FORCE_COLOR": "0",
@@ -408,6 +422,75 @@ def fig_fleet(ctx):
     return rows
 
 
+def _ssh_inventory(path, fleet, addresses):
+    lines = ["# Written by bench/bench.py: every host is this machine over SSH, each on its own loopback address.", "[sshfleet]"]
+    lines += ["ssh%04d ansible_host=%s" % (n, address) for n, address in enumerate(addresses, 1)]
+    lines += [
+        "[sshfleet:vars]",
+        "ansible_port=%d" % fleet.port,
+        "ansible_user=%s" % fleet.login,
+        "ansible_become=true",
+        "ansible_pipelining=true",
+        # Both sides skip interpreter discovery alike: Debian's python3 is where it always is.
+        "ansible_python_interpreter=/usr/bin/python3",
+    ]
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def _ssh_commands(ctx, account):
+    memwatch = [ctx.python, os.path.join(BENCH, "memwatch.py")]
+    forks = ["-f", str(SSH_FORKS)]
+    runs = [
+        ("ping", ctx.playbook("ping.yml", "-e", "bench_hosts=sshfleet", *forks)),
+        ("module", ctx.playbook("facts.yml", "-e", "bench_hosts=sshfleet", "-e", "bench_probe_user=%s" % (account or "auto"), *forks)),
+        ("ours", [ctx.tool("ansible-playbook"), "hypervisor.migration.preflight", "-e", "postcopy_preflight_hosts=sshfleet"] + forks
+         + (["-e", "postcopy_probe_user=%s" % account] if account else [])),
+    ]
+    return [(label, memwatch + [ctx.path("ssh-%s.mem" % label), "--"] + ctx.timed("ssh-" + label, argv)) for label, argv in runs]
+
+
+def fig_fleet_ssh(ctx):
+    """The preflight playbook / a ping playbook over real SSH: a login account that becomes root with sudo, pipelining on."""
+    hosts = ctx.size["ssh_hosts"]
+    figure = "fleet over SSH: preflight playbook / ping playbook"
+    if os.geteuid() != 0 or not os.access(sshfleet.SSHD, os.X_OK):
+        return [pending_row(figure, "<= %.2f" % GOALS["fleet_ssh"], "needs root and Debian's openssh-server (./dev.sh setup installs it)")]
+    addresses = ["%s.%d.%d" % (SSH_NETWORK, n // 250, n % 250 + 1) for n in range(hosts)]
+    # As many connections at once as there are forks, the unauthenticated ones included.
+    fleet = sshfleet.Fleet(sshfleet.layout(addresses), extra="MaxStartups %d\n" % (SSH_FORKS * 4))
+    try:
+        log("SSH fleet: %d hosts behind %d sshd" % (hosts, len(fleet.layout)))
+        fleet.start()
+        inventory = ctx.path("ssh-inventory.ini")
+        _ssh_inventory(inventory, fleet, addresses)
+        # One connection per host and task either way (pipelining); no master outlives its run to help the next one.
+        env = dict(fleet.env(ctx.env, control_persist="no"), ANSIBLE_INVENTORY=inventory)
+        times = ctx.hyperfine("ssh", _ssh_commands(ctx, ctx.account), ctx.size["ssh_runs"], warmup=0, env=env)
+    finally:
+        fleet.stop()
+    probed = [sum(c.get("ok", 0) for a, c in r["actions"].items() if a.endswith("postcopy_facts"))
+              for label in ("ours", "module") for r in timing_records(ctx.path("ssh-%s.jsonl" % label))]
+    pinged = [r["actions"].get("ansible.builtin.ping", {}).get("ok", 0) for r in timing_records(ctx.path("ssh-ping.jsonl"))]
+    if any(p != hosts for p in probed + pinged):
+        raise BenchError("not every one of the %d SSH hosts answered: probed %s, pinged %s" % (hosts, probed, pinged))
+    mem = dict((label, [r["controller_peak"] for r in timing_records(ctx.path("ssh-%s.mem" % label))]) for label in ("ours", "module", "ping"))
+    cpu = dict((label, ctx.cpu("ssh-" + label)) for label in ("ours", "module", "ping"))
+    label = "%d hosts, forks %d, become (sudo), pipelining, probe_user %s" % (hosts, SSH_FORKS, ctx.account or "auto")
+    return [
+        ratio_row("%s (%s)" % (figure, label), times["ours"], times["ping"], GOALS["fleet_ssh"], cpu=(cpu["ours"], cpu["ping"]),
+                  known_miss=UNREACHABLE["fleet_ssh"]),
+        ratio_row("  preflight playbook / postcopy_facts alone, one task: what the playbook adds to the module", times["ours"], times["module"],
+                  GOALS["fleet_ssh"], cpu=(cpu["ours"], cpu["module"])),
+        ratio_row("  postcopy_facts alone, one task / ping playbook", times["module"], times["ping"], GOALS["fleet_ssh"], gating=False,
+                  cpu=(cpu["module"], cpu["ping"])),
+        ratio_row("  peak controller memory, preflight / ping (ansible-playbook + its workers, summed RSS)", mem["ours"], mem["ping"],
+                  GOALS["fleet_memory"], fmt=fmt_mib),
+        ratio_row("  peak controller memory, preflight / postcopy_facts alone", mem["ours"], mem["module"], GOALS["fleet_memory"], fmt=fmt_mib,
+                  gating=False),
+    ]
+
+
 def fig_facts_modules(ctx):
     """gather_facts with facts_modules [setup, postcopy_facts] / setup alone: the Gathering Facts task's wall time."""
     size = ctx.size
@@ -558,6 +641,7 @@ FIGURES = [
     ("adhoc", fig_adhoc),
     ("probe", fig_probe),
     ("fleet", fig_fleet),
+    ("fleet_ssh", fig_fleet_ssh),
     ("facts_modules", fig_facts_modules),
     ("fact_cache", fig_fact_cache),
     ("canary", fig_canary),
@@ -573,6 +657,8 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="CI-sized run (about 3 minutes on 2 cores)")
     parser.add_argument("--only", default="", help="comma-separated figures: %s" % ", ".join(n for n, _f in FIGURES))
     parser.add_argument("--hosts", type=int, help="fleet size (default: 200, or 30 with --quick)")
+    parser.add_argument("--ssh-hosts", type=int, help="SSH fleet size (default: 200, or 50 with --quick)")
+    parser.add_argument("--ssh-runs", type=int, help="runs of each SSH fleet playbook (default: 4, or 3 with --quick)")
     parser.add_argument("--strict", action="store_true", help="hold every figure to its goal, the UNREACHABLE ones included (also BENCH_STRICT=1)")
     return parser.parse_args(argv)
 
@@ -601,6 +687,10 @@ def main(argv=None):
     mode = "quick" if args.quick else "full"
     if args.hosts:
         MODES[mode]["fleet_hosts"] = args.hosts
+    if args.ssh_hosts:
+        MODES[mode]["ssh_hosts"] = args.ssh_hosts
+    if args.ssh_runs:
+        MODES[mode]["ssh_runs"] = args.ssh_runs
     if not benchlib.hyperfine_path():
         log("hyperfine is not installed (bench/run installs it: apt-get install hyperfine)")
         return 2

@@ -16,6 +16,7 @@ from collections import namedtuple
 __all__ = [
     "Account",
     "AccountError",
+    "NO_QEMU_ACCOUNT",
     "QEMU_ACCOUNT_NAMES",
     "account_switch_needed",
     "group_name",
@@ -25,11 +26,17 @@ __all__ = [
 
 # Fedora/RHEL packages create "qemu", Debian/Ubuntu "libvirt-qemu".
 QEMU_ACCOUNT_NAMES = ("qemu", "libvirt-qemu")
+# The reason auto gives when it found no QEMU account and fell back to the module's own.
+NO_QEMU_ACCOUNT = "no QEMU account found (neither qemu.conf's user nor %s exists); probing as the module's own account" % (
+    " nor ".join(QEMU_ACCOUNT_NAMES)
+)
 
 Account = namedtuple("Account", "name uid gid groups source reason")
 
 # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
 _NUMERIC_UID = re.compile(r"^\+?[0-9]+$")
+# libvirt's "+N": a number, taken as such without looking up an account.
+_LIBVIRT_NUMBER = re.compile(r"^\+[0-9]+$")
 
 
 class AccountError(Exception):
@@ -53,42 +60,84 @@ def _lookup(spec):
         return None
 
 
-def _configured_account(configured):
-    """The account qemu.conf's user names; AccountError when it names none on this host.
+def _set_in_file(setting):
+    return bool(setting) and setting.get("source") not in (None, "compiled default")
 
-    Never root in its place: a setting that was not understood is a failure, not a default.
+
+def _unjudgeable(setting, what):
+    if setting.get("source") == "unreadable":
+        raise AccountError(
+            "cannot tell QEMU's account: %s; fix the file or set the account explicitly" % setting.get("error", "qemu.conf's %s cannot be judged" % what)
+        )
+
+
+def _configured_gid(group, default):
+    """The gid libvirt gives QEMU: qemu.conf's group (a name or "+N") when set, else default."""
+    if not _set_in_file(group):
+        return default
+    _unjudgeable(group, "group")
+    text = str(group["value"]).strip()
+    if _LIBVIRT_NUMBER.match(text):
+        return int(text[1:])
+    try:
+        return grp.getgrnam(text).gr_gid
+    except (KeyError, ValueError):
+        raise AccountError('cannot tell QEMU\'s account: group = "%s" (%s) is not a group on this host' % (text, group["source"])) from None
+
+
+def _default_group():
+    for name in QEMU_ACCOUNT_NAMES:
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+    return None
+
+
+def _configured_account(user, group):
+    """The account and group qemu.conf names; AccountError when they name none on this host.
+
+    libvirt takes "+N" as a uid or gid whether or not an account has it. Never root in their
+    place: a setting that was not understood is a failure, not a default.
     """
-    value, source = configured["value"], configured["source"]
-    if source == "unreadable":
-        raise AccountError("cannot tell QEMU's account: qemu.conf's user cannot be judged; fix the file or set the account explicitly")
+    _unjudgeable(user, "user")
+    value, source = str(user["value"]).strip(), user["source"]
     entry = _lookup(value)
-    if entry is None:
+    reason = 'user = "%s" in %s' % (value, source)
+    if entry is not None:
+        gid = _configured_gid(group, entry.pw_gid)
+        groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, gid))))
+        return Account(entry.pw_name, entry.pw_uid, gid, groups, "auto", reason)
+    if not _LIBVIRT_NUMBER.match(value):
         raise AccountError('cannot tell QEMU\'s account: user = "%s" (%s) is not an account on this host; fix it or set the account explicitly' % (
             value,
             source,
         ))
-    return _from_passwd(entry, "auto", 'user = "%s" in %s' % (value, source))
+    gid = _configured_gid(group, _default_group())
+    if gid is None:
+        raise AccountError('cannot tell QEMU\'s account: user = "%s" (%s) has no account, and qemu.conf sets no group' % (value, source))
+    return Account(value, int(value[1:]), gid, (gid,), "auto", reason + " (no account has that uid)")
 
 
-def _auto_account(configured):
-    if configured and configured.get("source") not in (None, "compiled default"):
-        return _configured_account(configured)
+def _auto_account(configured, group=None):
+    if _set_in_file(configured):
+        return _configured_account(configured, group or {})
     for name in QEMU_ACCOUNT_NAMES:
         entry = _lookup(name)
         if entry is not None:
             return _from_passwd(entry, "auto", "account %s exists (libvirt's default QEMU account)" % name)
     entry = pwd.getpwuid(os.geteuid())
-    reason = "no QEMU account found (neither qemu.conf's user nor %s exists); probing as the module's own account" % " nor ".join(QEMU_ACCOUNT_NAMES)
-    return _from_passwd(entry, "auto", reason)
+    return _from_passwd(entry, "auto", NO_QEMU_ACCOUNT)
 
 
-def resolve_account(spec="auto", configured=None):
+def resolve_account(spec="auto", configured=None, group=None):
     """Resolve ``auto``, a name or a numeric uid to an Account; AccountError when unknown.
 
-    configured is qemu.conf's user setting as _launcher reads it ({value, source}), for ``auto``.
+    configured and group are qemu.conf's user and group settings as _launcher reads them
+    ({value, source}), for ``auto``.
     """
     if spec is None or str(spec).strip() in ("", "auto"):
-        return _auto_account(configured)
+        return _auto_account(configured, group)
     entry = _lookup(spec)
     if entry is None:
         raise AccountError("no such account %r on this host (give an account name, a numeric uid, or auto)" % str(spec))

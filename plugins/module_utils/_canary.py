@@ -379,7 +379,8 @@ def _find_binary(spec):
 def _find_account(spec):
     try:
         # The same account the probe judges: qemu.conf's user, read with libvirt's grammar.
-        account = resolve_account(spec, read_libvirt_settings(None)[0]["user"])
+        settings = read_libvirt_settings(None)[0]
+        account = resolve_account(spec, settings["user"], settings["group"])
     except AccountError as exc:
         raise CanaryError("run_as: %s" % exc) from None
     if account_switch_needed(account) and os.geteuid() != 0:

@@ -11,6 +11,7 @@ import os
 import time
 
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import (
+    NO_QEMU_ACCOUNT,
     account_switch_needed,
     resolve_account,
 )
@@ -62,14 +63,36 @@ def _qemu_facts(spec, timeout):
     return facts
 
 
-def _probe_account(spec, configured, warn):
-    """The account to probe as; without root, the module's own account (with a warning)."""
-    account = resolve_account(spec, configured)
+def _qemu_account_name(account):
+    """Whose verdict the probe is meant to give: QEMU's account, or None when auto found none."""
+    return None if account.source == "auto" and account.reason == NO_QEMU_ACCOUNT else account.name
+
+
+def _probe_account(spec, settings, warn):
+    """The account to probe as, whether the probe switches to it, and QEMU's account's name.
+
+    Without root the module probes as its own account, and says so.
+    """
+    account = resolve_account(spec, settings.get("user"), settings.get("group"))
+    qemu_account = _qemu_account_name(account)
     if account_switch_needed(account) and os.geteuid() != 0:
         own = resolve_account(str(os.geteuid()))
-        warn("not running as root: probing as %s instead of %s, the verdict may differ for QEMU's account" % (own.name, account.name))
-        return own._replace(source=account.source, reason="asked for %s (%s) but cannot switch accounts without root" % (account.name, account.reason)), False
-    return account, account_switch_needed(account)
+        warn("probed as %s, not as QEMU's account %s: switching accounts needs root (run with --become)" % (own.name, account.name))
+        reason = "asked for %s (%s) but cannot switch accounts without root" % (account.name, account.reason)
+        return own._replace(source=account.source, reason=reason), False, qemu_account
+    return account, account_switch_needed(account), qemu_account
+
+
+def _probe_user_facts(account, switched, qemu_account):
+    return {
+        "name": account.name,
+        "uid": account.uid,
+        "gid": account.gid,
+        "source": account.source,
+        "reason": account.reason,
+        "switched": switched,
+        "qemu_account": qemu_account,
+    }
 
 
 def _private_dev_preparer(launcher, account, switch, warn):
@@ -118,7 +141,7 @@ def gather_postcopy_facts(params, warn=lambda msg: None):
     qemu = _qemu_facts(options["qemu_binary"], options["timeout"])
     device = device_info(DEVICE_PATH)
     launcher = launcher_facts(options["launcher"], device["present"] and device["char_device"], qemu["uses_device"])
-    account, switch = _probe_account(options["probe_user"], launcher["settings"].get("user"), warn)
+    account, switch, qemu_account = _probe_account(options["probe_user"], launcher["settings"], warn)
     prepare, private_dev = _private_dev_preparer(launcher, account, switch, warn)
     device_first = launcher["device_path"]["kind"] != "none"
     backend = select_backend(options["ffi_backend"])
@@ -158,7 +181,7 @@ def gather_postcopy_facts(params, warn=lambda msg: None):
         "target_page_size": options["target_page_size"],
         "hugepage_sizes": hugepages,
         "memory_backends": memory_backends,
-        "probe_user": {"name": account.name, "uid": account.uid, "gid": account.gid, "source": account.source, "reason": account.reason},
+        "probe_user": _probe_user_facts(account, switch, qemu_account),
         "access": _access_facts(obs, device),
         "sysctl": {"vm.unprivileged_userfaultfd": sysctl},
         "seccomp": obs["status"]["seccomp"],

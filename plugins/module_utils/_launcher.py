@@ -133,7 +133,7 @@ def read_libvirt_settings(version, path=QEMU_CONF):
         except ConfError as exc:
             if str(exc) not in errors:
                 errors.append(str(exc))
-            settings[name] = {"value": None, "source": "unreadable"}
+            settings[name] = {"value": None, "source": "unreadable", "error": str(exc)}
             continue
         if value is None:
             settings[name] = {"value": default, "source": "compiled default"}

@@ -34,7 +34,8 @@ options:
         A C(user) that names no account on the host, or a C(qemu.conf) libvirt could not parse, fails
         the task naming the file and line; it never falls back to root.
         RV(ansible_facts.postcopy.probe_user) says which account was used and why.
-      - Switching accounts needs root; without root the module probes as itself and warns.
+      - Switching accounts needs root (C(become)); without root the module probes as itself, warns, and
+        says so in RV(ansible_facts.postcopy.probe_user).
     type: str
     default: auto
     version_added: 1.0.0
@@ -215,10 +216,23 @@ ansible_facts:
           elements: str
           sample: [anonymous]
         probe_user:
-          description: The account probed as, with C(name), C(uid), C(gid), C(source) (V(auto) or V(option)) and C(reason).
+          description:
+            - The account probed as, with C(name), C(uid), C(gid), C(source) (V(auto) or V(option)) and C(reason).
+            - C(qemu_account) is the account the verdict is meant for, QEMU's account (from O(probe_user));
+              null when O(probe_user=auto) found no QEMU account, and the verdict is then the module's own account's.
+            - C(switched) is true when the probe child switched to C(name). It is false when the module already ran
+              as that account, and also when the module was not root and so probed as itself instead of
+              C(qemu_account) (with a warning). The verdict is QEMU's only when C(name) equals C(qemu_account).
           returned: always
           type: dict
-          sample: {"name": "libvirt-qemu", "uid": 64055, "gid": 994, "source": "auto", "reason": "account libvirt-qemu exists"}
+          sample:
+            name: libvirt-qemu
+            uid: 64055
+            gid: 994
+            source: auto
+            reason: account libvirt-qemu exists (libvirt's default QEMU account)
+            switched: true
+            qemu_account: libvirt-qemu
         access:
           description:
             - How a userfaultfd can be had as the probe account. C(device) describes C(/dev/userfaultfd)

@@ -41,6 +41,8 @@ class LauncherCondition(NamedTuple):
     #: QEMU's answer at vm.unprivileged_userfaultfd (0, 1)
     accepted: Tuple[bool, bool] = (True, True)
     device: str = "private"
+    #: seccomp_exec.py --deny specs for everything on that libvirt host (a container runtime's profile)
+    deny: Tuple[str, ...] = ()
 
 
 LAUNCHER_CONDITIONS = (
@@ -55,6 +57,10 @@ LAUNCHER_CONDITIONS = (
                       qemu_conf={"namespaces": []}, accepted=(False, True), device="host"),
     LauncherCondition("trixie-acl-without-device", "libvirt 11.3 + QEMU 10.0, cgroup_device_acl without /dev/userfaultfd",
                       "trixie", qemu_conf={"cgroup_device_acl": ACL_WITHOUT_DEVICE}, accepted=(False, True), device="absent"),
+    LauncherCondition("trixie-seccomp-denies-syscall", "libvirt 11.3 + QEMU 10.0 under a seccomp filter denying userfaultfd(2)",
+                      "trixie", deny=("userfaultfd:EPERM",)),
+    LauncherCondition("trixie-namespaces-off-seccomp", "libvirt 11.3 + QEMU 10.0, namespaces = [], seccomp denying userfaultfd(2)",
+                      "trixie", qemu_conf={"namespaces": []}, accepted=(False, False), device="host", deny=("userfaultfd:EPERM",)),
     LauncherCondition("bookworm-defaults", "libvirt 9.0 + QEMU 7.2, qemu.conf untouched", "bookworm",
                       accepted=(False, True), device="absent"),
     LauncherCondition("bookworm-qemu10", "libvirt 9.0 + QEMU 10.0 (<emulator> from the Debian 13 root)", "bookworm",

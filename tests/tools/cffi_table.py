@@ -71,7 +71,7 @@ def _wrapped(value, indent):
     """repr(value), bytes split into lines short enough for the sanity tests' 160 columns."""
     if isinstance(value, bytes) and len(value) > 24:
         # 24 bytes are at most 99 characters of repr (\xNN each, quotes and b).
-        chunks = [repr(value[i:i + 24]) for i in range(0, len(value), 24)]
+        chunks = [repr(value[i : i + 24]) for i in range(0, len(value), 24)]
         return "(\n" + "".join("%s%s\n" % (" " * (indent + 4), chunk) for chunk in chunks) + " " * indent + ")"
     if isinstance(value, tuple):
         inner = "".join("%s%s,\n" % (" " * (indent + 4), _wrapped(item, indent + 4)) for item in value)

@@ -65,8 +65,13 @@ NOTIF_SEND = 0xC0182101
 NOTIF_FORMAT = "=QII" + "iIQ6Q"  # id, pid, flags, seccomp_data{nr, arch, ip, args[6]}
 RESP_FORMAT = "=QqiI"  # id, val, error, flags
 ACTIONS = {"kill": signal.SIGKILL, "segv": signal.SIGSEGV, "abrt": signal.SIGABRT, "stop": signal.SIGSTOP, "hang": None}
-RLIMITS = {"NOFILE": resource.RLIMIT_NOFILE, "AS": resource.RLIMIT_AS, "NPROC": resource.RLIMIT_NPROC,
-           "MEMLOCK": resource.RLIMIT_MEMLOCK, "CORE": resource.RLIMIT_CORE}
+RLIMITS = {
+    "NOFILE": resource.RLIMIT_NOFILE,
+    "AS": resource.RLIMIT_AS,
+    "NPROC": resource.RLIMIT_NPROC,
+    "MEMLOCK": resource.RLIMIT_MEMLOCK,
+    "CORE": resource.RLIMIT_CORE,
+}
 DEV_KEEP = ("null", "zero", "full", "random", "urandom", "tty")
 DEV_KEEP_DIRS = ("pts", "shm")
 
@@ -171,8 +176,9 @@ def notify_filter(nr):
     fprog = seccomp_exec.SockFprog(len(prog), insns)
     if os.geteuid() != 0:
         _check(libc.prctl(seccomp_exec.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-    fd = libc.syscall(ctypes.c_long(NR_SECCOMP[arch]), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
-                      ctypes.c_long(SECCOMP_FILTER_FLAG_NEW_LISTENER), ctypes.byref(fprog))
+    fd = libc.syscall(
+        ctypes.c_long(NR_SECCOMP[arch]), ctypes.c_long(SECCOMP_SET_MODE_FILTER), ctypes.c_long(SECCOMP_FILTER_FLAG_NEW_LISTENER), ctypes.byref(fprog)
+    )
     if fd < 0:
         raise SetupError("seccomp(NEW_LISTENER): %s" % os.strerror(ctypes.get_errno()))
     return fd

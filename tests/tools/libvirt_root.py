@@ -39,6 +39,7 @@ import itertools
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
@@ -342,10 +343,19 @@ def _ns_pid_to_host(ns, ns_pid):
     return None
 
 
+def _seccomp_prefix(deny):
+    if not deny:
+        return []
+    prefix = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "seccomp_exec.py")]
+    for spec in deny:
+        prefix += ["--deny", spec]
+    return prefix + ["--"]
+
+
 class LibvirtRoot:
     """libvirt from a Debian root, running on this host until the block ends."""
 
-    def __init__(self, root, qemu_conf=None, qemu_account=None, binds=(), files=None, timeout=60):
+    def __init__(self, root, qemu_conf=None, qemu_account=None, binds=(), files=None, timeout=60, seccomp_deny=()):
         """``qemu_conf``: settings for qemu.conf (None: the root's packaged file, all comments).
         ``qemu_account``: (uid, gid) the root's libvirt-qemu account and group get instead of
         theirs, e.g. a host test account's, so a host-side probe can run as the same ids.
@@ -361,6 +371,9 @@ class LibvirtRoot:
         self.qemu_conf = qemu_conf
         self.qemu_account = tuple(qemu_account) if qemu_account else root_account(root)
         self.binds = tuple(binds)
+        # A container runtime's seccomp profile: everything in the namespace, libvirtd, its QEMUs
+        # and what run() starts, runs under a filter denying these syscalls (seccomp_exec.py --deny).
+        self.seccomp_prefix = _seccomp_prefix(seccomp_deny)
         self.files = dict(files or {})
         self.timeout = timeout
         self.host_changes = []
@@ -410,16 +423,17 @@ class LibvirtRoot:
             json.dump(self._spec(), handle)
         self._log = tempfile.TemporaryFile(prefix="hvm-libvirt-root-log-")
         self._proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-             sys.executable, os.path.abspath(__file__), "_init", spec_path],
+            self.seccomp_prefix + ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
+                                   sys.executable, os.path.abspath(__file__), "_init", spec_path],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
             start_new_session=True, env={"PATH": PATH, "LC_ALL": "C"})
         try:
-            line = self._proc.stdout.readline().decode(errors="replace").strip()
+            ready = select.select([self._proc.stdout], [], [], self.timeout)[0]
+            line = self._proc.stdout.readline().decode(errors="replace").strip() if ready else "(no answer in %ss)" % self.timeout
         finally:
             os.unlink(spec_path)
         if line != READY:
-            raise LibvirtError("libvirt's namespace did not come up: %s" % self.log_text())
+            raise LibvirtError("libvirt's namespace did not come up: %s %s" % (line, self.log_text()))
         children = _children(self._proc.pid)
         if len(children) != 1:
             raise LibvirtError("cannot find the namespace's init below unshare (%s)" % children)
@@ -511,12 +525,16 @@ class LibvirtRoot:
         """The host path of a file inside (through /proc/<init>/root)."""
         return "/proc/%d/root%s" % (self._init_pid, inside)
 
-    def run(self, *argv, input=None, check=True, timeout=None):
-        """Run argv inside the root's mount namespace, with the root as /."""
+    def run(self, *argv, input=None, check=True, timeout=None, env=None):
+        """Run argv inside the root's mount and pid namespaces, with the root as /.
+
+        The root has python3: with the collection in ``binds`` and PYTHONPATH in ``env``, the
+        collection's code runs here as on a host where this libvirt is installed.
+        """
         if not self._init_pid:
             raise LibvirtError("libvirt is not running")
-        cmd = ["nsenter", "-t", str(self._init_pid), "-m", "-p", "-r", "-w"] + list(argv)
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, env={"PATH": PATH, "LC_ALL": "C"},
+        cmd = self.seccomp_prefix + ["nsenter", "-t", str(self._init_pid), "-m", "-p", "-r", "-w"] + list(argv)
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, env=dict(env or {}, PATH=PATH, LC_ALL="C"),
                               timeout=timeout or self.timeout, check=False)
         if check and proc.returncode != 0:
             raise LibvirtError("%s failed: %s" % (" ".join(argv), (proc.stderr or proc.stdout).strip()))
@@ -539,7 +557,7 @@ def settings_from_pairs(pairs):
     """qemu.conf settings from KEY=VALUE strings (JSON for lists and numbers)."""
     settings = {}
     for pair in pairs:
-        key, _, value = pair.partition("=")
+        key, value = pair.split("=", 1) if "=" in pair else (pair, "")
         settings[key] = json.loads(value) if value[:1] in "[0123456789" else value
     return settings
 
@@ -557,8 +575,8 @@ def main(argv=None):
     try:
         root = debroot.ensure_root(args.suite)
         with LibvirtRoot(root, qemu_conf=settings_from_pairs(args.set) if args.set else None) as libvirt:
-            print("%s %s (libvirt %s, QEMU %s), init pid %d" % (libvirt.daemon, args.suite, libvirt.libvirt_version,
-                                                               libvirt.qemu_version, libvirt.init_pid), file=sys.stderr)
+            about = (libvirt.daemon, args.suite, libvirt.libvirt_version, libvirt.qemu_version, libvirt.init_pid)
+            print("%s %s (libvirt %s, QEMU %s), init pid %d" % about, file=sys.stderr)
             if args.command:
                 proc = libvirt.virsh(*args.command, check=False)
                 sys.stdout.write(proc.stdout)

@@ -80,20 +80,23 @@ def _stderr_lines(raw, binary):
         if not line:
             continue
         if line.startswith(prefix):
-            line = line[len(prefix):]
+            line = line[len(prefix) :]
         lines.append(line)
     return tuple(lines)
 
 
-def _build_command(binary, sock, accel, machine, user, deny, deny_ioctl, python,
-                   incoming=True, prefix=(), extra_args=()):
+def _build_command(binary, sock, accel, machine, user, deny, deny_ioctl, python, incoming=True, prefix=(), extra_args=()):
     qemu = list(prefix) + [
         binary,
         "-nodefaults",
-        "-display", "none",
-        "-machine", machine,
-        "-accel", accel,
-        "-m", "64",
+        "-display",
+        "none",
+        "-machine",
+        machine,
+        "-accel",
+        accel,
+        "-m",
+        "64",
     ]
     if incoming:
         qemu += ["-incoming", "defer"]
@@ -204,9 +207,7 @@ def ask_qemu(
         if pw is not None:
             os.chown(tmpdir, pw.pw_uid, pw.pw_gid)
         sock = os.path.join(tmpdir, "qmp.sock")
-        cmd = _build_command(qemu_binary, sock, accel, machine, user, deny,
-                             deny_ioctl, python or sys.executable, incoming,
-                             prefix, extra_args)
+        cmd = _build_command(qemu_binary, sock, accel, machine, user, deny, deny_ioctl, python or sys.executable, incoming, prefix, extra_args)
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -216,9 +217,7 @@ def ask_qemu(
             start_new_session=True,
         )
         try:
-            version, desc = asyncio.run(
-                asyncio.wait_for(_ask(sock, proc, deadline),
-                                 max(0.001, deadline - time.monotonic())))
+            version, desc = asyncio.run(asyncio.wait_for(_ask(sock, proc, deadline), max(0.001, deadline - time.monotonic())))
         except asyncio.TimeoutError:
             raise OracleError("QEMU did not answer within %ss" % timeout) from None
         except OracleError as exc:
@@ -267,9 +266,7 @@ def _stop(proc):
 def main(argv=None):
     import argparse
 
-    parser = argparse.ArgumentParser(
-        prog="qemu_oracle.py",
-        description="Ask QEMU whether it accepts migrate-set-capabilities postcopy-ram.")
+    parser = argparse.ArgumentParser(prog="qemu_oracle.py", description="Ask QEMU whether it accepts migrate-set-capabilities postcopy-ram.")
     parser.add_argument("--user")
     parser.add_argument("--deny", action="append", default=[], metavar="SYSCALL[:ERRNO]")
     parser.add_argument("--deny-ioctl", action="append", default=[], metavar="REQUEST[:ERRNO]")
@@ -277,23 +274,27 @@ def main(argv=None):
     parser.add_argument("--accel", default="tcg")
     parser.add_argument("--machine", default="pc")
     parser.add_argument("--timeout", type=float, default=30)
-    parser.add_argument("--source", action="store_true",
-                        help="start without -incoming (QEMU then skips the check)")
+    parser.add_argument("--source", action="store_true", help="start without -incoming (QEMU then skips the check)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
-        verdict = ask_qemu(user=args.user, deny=args.deny, deny_ioctl=args.deny_ioctl,
-                           qemu_binary=args.qemu, accel=args.accel,
-                           timeout=args.timeout, machine=args.machine,
-                           incoming=not args.source)
+        verdict = ask_qemu(
+            user=args.user,
+            deny=args.deny,
+            deny_ioctl=args.deny_ioctl,
+            qemu_binary=args.qemu,
+            accel=args.accel,
+            timeout=args.timeout,
+            machine=args.machine,
+            incoming=not args.source,
+        )
     except OracleError as exc:
         sys.stderr.write("qemu_oracle.py: error: %s\n" % exc)
         return 2
     if args.json:
         print(json.dumps(verdict._asdict()))
     else:
-        print("QEMU %s: %s" % (verdict.qemu_version,
-                               "accepted" if verdict.accepted else "refused: " + verdict.message))
+        print("QEMU %s: %s" % (verdict.qemu_version, "accepted" if verdict.accepted else "refused: " + verdict.message))
     return 0 if verdict.accepted else 1
 
 

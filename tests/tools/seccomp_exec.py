@@ -72,26 +72,79 @@ AUDIT_ARCH = {
 # number.
 SYSCALLS = {
     "x86_64": {
-        "read": 0, "write": 1, "open": 2, "close": 3, "mmap": 9, "mprotect": 10,
-        "munmap": 11, "ioctl": 16, "madvise": 28, "socket": 41, "clone": 56,
-        "fork": 57, "vfork": 58, "execve": 59, "kill": 62, "fcntl": 72,
-        "setuid": 105, "setgid": 106, "setgroups": 116, "personality": 135,
-        "mlock": 149, "munlock": 150, "mlockall": 151, "munlockall": 152,
-        "prctl": 157, "openat": 257, "eventfd2": 290, "perf_event_open": 298,
-        "memfd_create": 319, "bpf": 321, "execveat": 322, "userfaultfd": 323,
-        "mlock2": 325, "pidfd_open": 434, "clone3": 435, "openat2": 437,
+        "read": 0,
+        "write": 1,
+        "open": 2,
+        "close": 3,
+        "mmap": 9,
+        "mprotect": 10,
+        "munmap": 11,
+        "ioctl": 16,
+        "madvise": 28,
+        "socket": 41,
+        "clone": 56,
+        "fork": 57,
+        "vfork": 58,
+        "execve": 59,
+        "kill": 62,
+        "fcntl": 72,
+        "setuid": 105,
+        "setgid": 106,
+        "setgroups": 116,
+        "personality": 135,
+        "mlock": 149,
+        "munlock": 150,
+        "mlockall": 151,
+        "munlockall": 152,
+        "prctl": 157,
+        "openat": 257,
+        "eventfd2": 290,
+        "perf_event_open": 298,
+        "memfd_create": 319,
+        "bpf": 321,
+        "execveat": 322,
+        "userfaultfd": 323,
+        "mlock2": 325,
+        "pidfd_open": 434,
+        "clone3": 435,
+        "openat2": 437,
         "process_madvise": 440,
     },
     "aarch64": {
-        "eventfd2": 19, "ioctl": 29, "openat": 56, "close": 57, "read": 63,
-        "write": 64, "kill": 129, "setgid": 144, "setuid": 146,
-        "setgroups": 159, "prctl": 167, "socket": 198, "munmap": 215,
-        "clone": 220, "execve": 221, "mmap": 222, "mprotect": 226,
-        "mlock": 228, "munlock": 229, "mlockall": 230, "munlockall": 231,
-        "madvise": 233, "perf_event_open": 241, "memfd_create": 279,
-        "bpf": 280, "execveat": 281, "userfaultfd": 282, "mlock2": 284,
-        "pidfd_open": 434, "clone3": 435, "openat2": 437,
-        "process_madvise": 440, "personality": 92, "fcntl": 25,
+        "eventfd2": 19,
+        "ioctl": 29,
+        "openat": 56,
+        "close": 57,
+        "read": 63,
+        "write": 64,
+        "kill": 129,
+        "setgid": 144,
+        "setuid": 146,
+        "setgroups": 159,
+        "prctl": 167,
+        "socket": 198,
+        "munmap": 215,
+        "clone": 220,
+        "execve": 221,
+        "mmap": 222,
+        "mprotect": 226,
+        "mlock": 228,
+        "munlock": 229,
+        "mlockall": 230,
+        "munlockall": 231,
+        "madvise": 233,
+        "perf_event_open": 241,
+        "memfd_create": 279,
+        "bpf": 280,
+        "execveat": 281,
+        "userfaultfd": 282,
+        "mlock2": 284,
+        "pidfd_open": 434,
+        "clone3": 435,
+        "openat2": 437,
+        "process_madvise": 440,
+        "personality": 92,
+        "fcntl": 25,
     },
 }
 
@@ -217,10 +270,7 @@ def resolve_syscall(name, binding):
     # libseccomp answers -1 (__NR_SCMP_ERROR) for unknown names and another
     # negative pseudo number for a syscall that this architecture lacks
     if nr is None or nr < 0:
-        raise UsageError(
-            "unknown syscall %r on %s (give a name or a number)"
-            % (name, machine_arch())
-        )
+        raise UsageError("unknown syscall %r on %s (give a name or a number)" % (name, machine_arch()))
     return nr
 
 
@@ -296,13 +346,11 @@ def load_bpf(denies, ioctls):
     libc = ctypes.CDLL(None, use_errno=True)
     prctl = libc.prctl
     prctl.restype = ctypes.c_int
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p,
-                      ctypes.c_ulong, ctypes.c_ulong]
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
     if prctl(PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
         err = ctypes.get_errno()
         raise SetupError("prctl(PR_SET_NO_NEW_PRIVS): %s" % os.strerror(err))
-    if prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER,
-             ctypes.cast(ctypes.pointer(fprog), ctypes.c_void_p), 0, 0) != 0:
+    if prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.cast(ctypes.pointer(fprog), ctypes.c_void_p), 0, 0) != 0:
         err = ctypes.get_errno()
         raise SetupError("prctl(PR_SET_SECCOMP): %s" % os.strerror(err))
 
@@ -349,24 +397,19 @@ class _Parser(argparse.ArgumentParser):
 def build_parser():
     parser = _Parser(
         prog="seccomp_exec.py",
-        description="Install a seccomp filter (default ALLOW), optionally "
-        "switch account, then exec CMD.",
+        description="Install a seccomp filter (default ALLOW), optionally switch account, then exec CMD.",
     )
-    parser.add_argument("--deny", action="append", default=[],
-                        metavar="SYSCALL[:ERRNO]",
-                        help="make SYSCALL fail with ERRNO (default EPERM)")
-    parser.add_argument("--deny-ioctl", action="append", default=[],
-                        metavar="REQUEST[:ERRNO]",
-                        help="make ioctl() with this request number (hex, "
-                        "low 32 bits compared) fail with ERRNO (default EPERM)")
-    parser.add_argument("--user", metavar="NAME",
-                        help="switch to this account after installing the filter")
-    parser.add_argument("--backend", choices=("auto", "libseccomp", "bpf"),
-                        default="auto",
-                        help="auto: a libseccomp binding if importable, else BPF")
-    parser.add_argument("--no-filter", action="store_true",
-                        help="install no filter at all (only --user): the "
-                        "unfiltered baseline to compare with")
+    parser.add_argument("--deny", action="append", default=[], metavar="SYSCALL[:ERRNO]", help="make SYSCALL fail with ERRNO (default EPERM)")
+    parser.add_argument(
+        "--deny-ioctl",
+        action="append",
+        default=[],
+        metavar="REQUEST[:ERRNO]",
+        help="make ioctl() with this request number (hex, low 32 bits compared) fail with ERRNO (default EPERM)",
+    )
+    parser.add_argument("--user", metavar="NAME", help="switch to this account after installing the filter")
+    parser.add_argument("--backend", choices=("auto", "libseccomp", "bpf"), default="auto", help="auto: a libseccomp binding if importable, else BPF")
+    parser.add_argument("--no-filter", action="store_true", help="install no filter at all (only --user): the unfiltered baseline to compare with")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
     return parser
 
@@ -426,8 +469,7 @@ def main(argv=None):
     try:
         os.execvp(command[0], command)
     except OSError as exc:
-        sys.stderr.write("%s: error: cannot execute %s: %s\n"
-                         % (prog, command[0], exc.strerror))
+        sys.stderr.write("%s: error: cannot execute %s: %s\n" % (prog, command[0], exc.strerror))
         return 127 if exc.errno == errno.ENOENT else 126
     return 1  # not reached
 

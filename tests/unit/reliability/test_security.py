@@ -307,3 +307,100 @@ def test_banner_of_a_fifo_is_not_waited_for(root, tmp_path):
     fifo = str(tmp_path / "qemu-fifo")
     os.mkfifo(fifo)
     assert _qemu.embedded_version(fifo, timeout=1) is None
+
+
+# qemu.conf: root reads it to learn QEMU's account; it must never make the module judge as root,
+# read without bound, or hang. The host's /etc/libvirt/qemu.conf is put in place for each test and
+# the host left as found.
+
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+
+
+@pytest.fixture
+def host_qemu_conf():
+    """Install a /etc/libvirt/qemu.conf (any kind of file) for one test; restore what was there."""
+    import shutil
+    import tempfile
+
+    made_dir = not os.path.isdir(os.path.dirname(QEMU_CONF))
+    saved = None
+    if os.path.lexists(QEMU_CONF):
+        saved = tempfile.mkdtemp(prefix="hvm-qemu-conf-")
+        shutil.move(QEMU_CONF, os.path.join(saved, "qemu.conf"))
+    if made_dir:
+        os.makedirs(os.path.dirname(QEMU_CONF), 0o755)
+
+    def install(make):
+        make(QEMU_CONF)
+        return QEMU_CONF
+
+    try:
+        yield install
+    finally:
+        if os.path.lexists(QEMU_CONF) or os.path.isdir(QEMU_CONF):
+            (shutil.rmtree if os.path.isdir(QEMU_CONF) and not os.path.islink(QEMU_CONF) else os.unlink)(QEMU_CONF)
+        if saved:
+            shutil.move(os.path.join(saved, "qemu.conf"), QEMU_CONF)
+            os.rmdir(saved)
+        if made_dir:
+            os.rmdir(os.path.dirname(QEMU_CONF))
+
+
+def _text(content):
+    def make(path):
+        with open(path, "w") as handle:
+            handle.write(content)
+
+    return make
+
+
+def _module_answer(tmp_path, options):
+    return fault_kit.run_module_process(fault_kit.process("fault_exec"), options, str(tmp_path)).answer
+
+
+@pytest.mark.parametrize("form", ['"+{uid}"', "'{name}'", '"""{name}"""', '"{name}"  # QEMU runs as this'])
+def test_every_form_of_user_libvirt_reads_names_qemus_account(root, tmp_path, host_qemu_conf, form):
+    sys.path.insert(0, fault_kit.TOOLS)
+    import hostctl
+
+    user = hostctl.ensure_test_user()
+    host_qemu_conf(_text("user = %s\n" % form.format(uid=user.pw_uid, name=user.pw_name)))
+    answer = _module_answer(tmp_path, {"launcher": "qemu"})
+    assert answer["ansible_facts"]["postcopy"]["probe_user"]["uid"] == user.pw_uid, answer
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('user = "no-such-account-x"\n', 'user = "no-such-account-x" (/etc/libvirt/qemu.conf line 1) is not an account on this host'),
+        ('user = "qemu\n', "/etc/libvirt/qemu.conf line 1:"),
+        ("user = 107\n", "/etc/libvirt/qemu.conf line 1: user must be a string"),
+    ],
+)
+def test_a_user_that_is_not_understood_fails_the_task_never_root(root, tmp_path, host_qemu_conf, content, message):
+    host_qemu_conf(_text(content))
+    for options in ({"launcher": "qemu"}, {"launcher": "libvirt"}):
+        answer = _module_answer(tmp_path, options)
+        assert answer.get("failed") and "cannot tell QEMU's account" in answer["msg"] and message in answer["msg"], answer
+
+
+def _sparse(path):
+    with open(path, "wb") as handle:
+        handle.truncate(300 << 20)
+
+
+@pytest.mark.parametrize(
+    "make, refusal",
+    [
+        (_sparse, "is larger than the limit of 10485760 bytes"),
+        (lambda path: os.symlink("/dev/zero", path), "/dev/zero is writable by accounts other than root"),
+        (os.mkfifo, "is a FIFO, not a regular file"),
+        (os.mkdir, "is a directory, not a regular file"),
+    ],
+    ids=["300 MB", "symlink to /dev/zero", "FIFO", "directory"],
+)
+def test_a_qemu_conf_that_is_not_a_small_regular_file_is_refused_unread(root, tmp_path, host_qemu_conf, make, refusal):
+    host_qemu_conf(make)
+    answer = _module_answer(tmp_path, {"launcher": "libvirt", "timeout": 5})
+    # The account cannot be told from a file libvirt would refuse: a clear failure, never root.
+    assert answer.get("failed") and refusal in answer["msg"] and "cannot tell QEMU's account" in answer["msg"], answer

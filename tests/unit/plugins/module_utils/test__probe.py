@@ -6,16 +6,26 @@ with /dev/userfaultfd opened up, with huge pages reserved. Nothing here is mocke
 QEMU 9.1 stand-in (``qemu9``), which only answers --version."""
 
 import os
+import pwd
 import subprocess
 
 import hostctl
 import pytest
+from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import QEMU_ACCOUNT_NAMES, libvirt_configured_user
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import select_backend
 from ansible_collections.hypervisor.migration.plugins.module_utils._probe import observe
 
 BACKENDS = ["cffi", "ctypes"]
 QEMU72 = "/usr/bin/qemu-system-x86_64"
+
+
+def _account_exists(name):
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def causes_of(facts):
@@ -66,6 +76,8 @@ def test_account_with_sysctl_0_is_refused_by_the_sysctl(test_user, backend):
         "gid": test_user.pw_gid,
         "source": "option",
         "reason": "probe_user option",
+        "switched": True,
+        "qemu_account": test_user.pw_name,
     }
     assert facts["postcopy"]["cap_sys_ptrace"] is False
 
@@ -214,9 +226,17 @@ def test_without_root_the_probe_runs_as_self_and_warns(test_user, gather):
     who = out["ansible_facts"]["postcopy"]["probe_user"]
     assert (who["name"], who["uid"]) == (test_user.pw_name, test_user.pw_uid)
     assert who["reason"].startswith("asked for nobody")
+    assert (who["switched"], who["qemu_account"]) == (False, "nobody")
     assert out["warnings"] == [
-        "not running as root: probing as %s instead of nobody, the verdict may differ for QEMU's account" % test_user.pw_name
+        "probed as %s, not as QEMU's account nobody: switching accounts needs root (run with --become)" % test_user.pw_name
     ]
+
+
+def test_auto_without_a_qemu_account_says_none_was_found(root):
+    if libvirt_configured_user() or any(_account_exists(name) for name in QEMU_ACCOUNT_NAMES):
+        pytest.skip("this machine has a QEMU account")
+    who = gather_postcopy_facts({})["postcopy"]["probe_user"]
+    assert (who["name"], who["switched"], who["qemu_account"]) == ("root", False, None)
 
 
 def test_munlockall_denied_is_named_like_qemu_does(root, gather):
