@@ -242,7 +242,7 @@ stage_unit() {
 }
 
 # QEMU itself judges the facts, condition by condition (tests/agreement/agreement_conditions.py).
-# docs/agreement.md is rewritten from a run by hand: pytest tests/agreement --agreement-report=docs/agreement.md
+# docs/docsite/rst/agreement.rst is rewritten from a run by hand: pytest tests/agreement --agreement-report=docs/docsite/rst/agreement.rst
 stage_agreement() {
     PYTHONPATH="$COLLECTIONS${PYTHONPATH:+:$PYTHONPATH}" pytest tests/agreement -q -p no:cacheprovider
 }

@@ -4,7 +4,7 @@
 """Performance of hypervisor.migration against ansible.builtin.ping, side by side in one run.
 
 Started by bench/run (which prepares .venv, hyperfine and the test account); see
-docs/performance.md. Prints a table (figure, ours, baseline, ratio, goal, pass) and the
+docs/docsite/rst/performance.rst. Prints a table (figure, ours, baseline, ratio, goal, pass) and the
 machine, writes bench/results/*.json, and exits:
 
   0  every ratio meets its goal, or misses it by less than the noise this run measured
@@ -71,7 +71,7 @@ GOALS = {
 
 # Goals no code in this collection can meet on this machine, with the ceiling above which the miss counts as a
 # regression all the same (the low end of the ratio's interval over the ceiling fails the run), and why.
-# docs/performance.md ("Where the time goes") shows the profile; a figure that this collection does control
+# docs/docsite/rst/performance.rst ("Where the time goes") shows the profile; a figure that this collection does control
 # stands beside each one and is held to the goal. BENCH_STRICT=1 (or --strict) holds these to their goals too.
 UNREACHABLE = {
     "facts_modules": (3.5, "with two fact modules Ansible's gather_facts runs both through async_wrapper and polls each "

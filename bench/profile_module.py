@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: hypervisor.migration contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Where a postcopy_facts run spends its time, next to ansible.builtin.ping (docs/performance.md).
+"""Where a postcopy_facts run spends its time, next to ansible.builtin.ping (docs/docsite/rst/performance.rst).
 
     bench/run --profile        (or: .venv/bin/python bench/profile_module.py, in ./dev.sh shell)
 

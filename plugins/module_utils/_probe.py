@@ -46,7 +46,7 @@ _MFD_HUGE_SHIFT = 26
 
 
 class _Resources(object):
-    """Every fd and mapping the probe makes, released on every path (DESIGN step 7).
+    """Every fd and mapping the probe makes, released on every path.
 
     Each step gives back what it made as soon as it has its answer (``drop``), so the probe
     never holds more than two descriptors and one page: a tight RLIMIT_NOFILE or RLIMIT_AS
@@ -198,7 +198,7 @@ def _observe_api(backend, res, used, device_path):
 def _observe_munlockall(backend):
     """QEMU calls munlockall() before registering RAM, and refuses post-copy when it fails.
 
-    DESIGN.md step 7 keeps munlockall() out of the module's process; here it runs in the forked
+    munlockall() stays out of the module's own process; here it runs in the forked
     child, which holds no memory locks (they are not inherited across fork), so it changes nothing
     and only shows whether a filter (e.g. systemd's SystemCallFilter=~@memlock) denies it.
     """

@@ -95,7 +95,7 @@ class Condition(NamedTuple):
 
 
 IOCTLS = {
-    # UFFDIO_* request numbers on x86_64 (DESIGN section 4), by the names the table uses
+    # UFFDIO_* request numbers on x86_64 (include/uapi/linux/userfaultfd.h), by the names the table uses
     "API": "0xC018AA3F",
     "REGISTER": "0xC020AA00",
     "UNREGISTER": "0x8010AA01",

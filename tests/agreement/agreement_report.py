@@ -1,42 +1,46 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to hypervisor.migration
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The measured agreement table as Markdown (pytest tests/agreement --agreement-report=docs/agreement.md)."""
+"""The measured agreement table as the RST guide (pytest tests/agreement --agreement-report=docs/docsite/rst/agreement.rst)."""
 
 import platform
 import time
 
 from agreement_conditions import ACCEPTS, CONDITIONS, NO_START, describe
+from rst_table import inline, list_table
 
-COMMAND = "PYTHONPATH=.build/collections .venv/bin/pytest tests/agreement -p no:cacheprovider --agreement-report=docs/agreement.md"
+COMMAND = "PYTHONPATH=.build/collections .venv/bin/pytest tests/agreement -p no:cacheprovider --agreement-report=docs/docsite/rst/agreement.rst"
 
 INTRO = """\
-## How we know the verdict is right
+.. _ansible_collections.hypervisor.migration.docsite.agreement:
+
+How we know the verdict is right
+================================
 
 The fact module reasons about the kernel; QEMU is the final word. So the test suite in
-`tests/agreement/` makes QEMU the judge, one condition at a time, on a real kernel with
+``tests/agreement/`` makes QEMU the judge, one condition at a time, on a real kernel with
 Debian's real QEMU:
 
-1. The condition is set up for real: `vm.unprivileged_userfaultfd`, the mode of
-   `/dev/userfaultfd`, a seccomp filter that makes a system call or one `UFFDIO_*` ioctl fail
+1. The condition is set up for real: ``vm.unprivileged_userfaultfd``, the mode of
+   ``/dev/userfaultfd``, a seccomp filter that makes a system call or one ``UFFDIO_*`` ioctl fail
    with a given errno, capabilities dropped or granted, a user namespace, a tiny open-file
    limit, shared-memory or huge-page guest RAM. Host settings are always put back.
 2. QEMU is asked, under that account, filter and wrapper: a destination QEMU
-   (`-incoming defer`) gets `migrate-set-capabilities postcopy-ram on` over QMP (through the
-   `qemu.qmp` package, so the judge shares no code with the judged). It answers `{}` or
-   `Postcopy is not supported`, with its reason on stderr.
-3. `postcopy_facts` gathers its facts under exactly the same account, filter and wrapper
-   (a test account's rows twice: from root through `probe_user`, as in production, and as
-   the account itself). The suite asserts `postcopy_supported` equals QEMU's answer, and that
+   (``-incoming defer``) gets ``migrate-set-capabilities postcopy-ram on`` over QMP (through the
+   ``qemu.qmp`` package, so the judge shares no code with the judged). It answers ``{}`` or
+   ``Postcopy is not supported``, with its reason on stderr.
+3. ``postcopy_facts`` gathers its facts under exactly the same account, filter and wrapper
+   (a test account's rows twice: from root through ``probe_user``, as in production, and as
+   the account itself). The suite asserts ``postcopy_supported`` equals QEMU's answer, and that
    the missing feature and cause are the expected ones.
-4. Where QEMU accepts, the `postcopy_canary` driver (what the module runs) performs a real
+4. Where QEMU accepts, the ``postcopy_canary`` driver (what the module runs) performs a real
    post-copy migration between two QEMUs under the same condition; it must complete with
-   pages faulted in through userfaultfd (`postcopy_requests > 0`). Its guest RAM is always anonymous (the canary has no memory
+   pages faulted in through userfaultfd (``postcopy_requests > 0``). Its guest RAM is always anonymous (the canary has no memory
    backend option), so on the shared-memory and huge-page rows it vouches for the account
-   and filter, not for the backing. Where QEMU refuses, the canary must say `ok: false`
+   and filter, not for the backing. Where QEMU refuses, the canary must say ``ok: false``
    with QEMU's message.
 
-Every row runs under TCG and, where `/dev/kvm` works, KVM. A row marked *finding* is one
+Every row runs under TCG and, where ``/dev/kvm`` works, KVM. A row marked *finding* is one
 where we do not agree with QEMU today: the suite keeps it as an expected failure with the
 reason, and fails the day it agrees, so that this table is updated.
 """
@@ -119,32 +123,33 @@ def _canary_cell(cond, canaries, accels):
 
 
 def render(measured, canaries, seconds, kvm):
-    """Markdown for docs/agreement.md from one run's measurements."""
+    """The RST of docs/docsite/rst/agreement.rst from one run's measurements."""
     versions = sorted(set(m.qemu_version for m in measured.values() if m.qemu_version))
     accels = ["tcg", "kvm"] if kvm else ["tcg"]
     lines = [INTRO]
-    lines.append(
+    lines.append(inline(
         "Measured by the suite on %s: QEMU %s (`/usr/bin/qemu-system-x86_64`), kernel %s %s, accelerators %s; "
         "%d conditions, %.0f s. Regenerate with `%s`."
         % (time.strftime("%Y-%m-%d"), ", ".join(versions) or "?", platform.release(), platform.machine(),
            " and ".join(a.upper() for a in accels), len(CONDITIONS), seconds, COMMAND)
-    )
+    ))
     lines.append("")
-    lines.append("| # | condition | set up as | QEMU says | postcopy_facts says | agree | canary |")
-    lines.append("|---|---|---|---|---|---|---|")
+    header = ["#", "condition", "set up as", "QEMU says", "postcopy_facts says", "agree", "canary"]
+    rows = []
     findings = {}
     for number, cond in enumerate(CONDITIONS, 1):
         ms = [measured[(cond.id, a)] for a in accels if (cond.id, a) in measured]
         if not ms:
             continue
-        lines.append(
-            "| %d | `%s` | %s | %s | %s | %s | %s |"
-            % (number, cond.id, describe(cond), _qemu_cell(ms), _facts_cell(ms), _agree_cell(cond, ms), _canary_cell(cond, canaries, accels))
+        rows.append(
+            [str(number), "`%s`" % cond.id, describe(cond), _qemu_cell(ms), _facts_cell(ms), _agree_cell(cond, ms), _canary_cell(cond, canaries, accels)]
         )
         if cond.finding:
             findings.setdefault(cond.finding, []).append(cond.id)
+    lines.append(list_table(header, rows))
     if findings:
-        lines += ["", "### Findings: where we do not agree (yet)", ""]
-        lines += ["- %s: %s." % (", ".join("`%s`" % i for i in ids), text) for text, ids in findings.items()]
+        title = "Findings: where we do not agree (yet)"
+        lines += ["", title, "-" * len(title), ""]
+        lines += [inline("- %s: %s." % (", ".join("`%s`" % i for i in ids), text)) for text, ids in findings.items()]
     lines.append("")
     return "\n".join(lines)

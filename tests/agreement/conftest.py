@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fixtures of the QEMU-agreement suite: root, the test account, the accelerator, no QEMU left behind.
 
-    PYTHONPATH=.build/collections .venv/bin/pytest tests/agreement [--agreement-report=docs/agreement.md]
+    PYTHONPATH=.build/collections .venv/bin/pytest tests/agreement [--agreement-report=docs/docsite/rst/agreement.rst]
 """
 
 import ctypes
@@ -32,7 +32,7 @@ def pytest_addoption(parser):
         "--agreement-report",
         metavar="PATH",
         default=None,
-        help="write the measured condition table as Markdown to PATH (docs/agreement.md)",
+        help="write the measured condition table as the RST guide to PATH (docs/docsite/rst/agreement.rst)",
     )
 
 

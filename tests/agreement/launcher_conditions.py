@@ -7,7 +7,7 @@ Each condition is a Debian root's libvirt (tests/tools/debroot.py, libvirt_root.
 qemu.conf, asked at vm.unprivileged_userfaultfd 0 and 1 with the host's /dev/userfaultfd left
 0600 root:root. ``accepted`` and ``device`` are what QEMU answered and what it saw when these
 were measured on Debian 12's kernel-6.18 test machines; test_launchers.py asks again on every
-run and LAUNCHERS.md tabulates them.
+run and docs/docsite/rst/launchers.rst tabulates them.
 """
 
 from typing import Dict, NamedTuple, Optional, Tuple

@@ -21,6 +21,7 @@ import hostctl
 import libvirt_root
 import pytest
 import qemu_oracle
+import rst_table
 from launcher_conditions import DEVICE_VIEWS, LAUNCHER_CONDITIONS, SUITE_VERSIONS
 from libvirt_oracle import ask_libvirt, domain_xml
 from libvirt_root import LibvirtError, LibvirtRoot
@@ -39,7 +40,7 @@ LAUNCHER_CAUSES = {
     "bookworm-defaults": ("unprivileged_userfaultfd_sysctl", None),
     "bookworm-qemu10": ("unprivileged_userfaultfd_sysctl", "libvirt_too_old_for_device"),
 }
-TABLE = os.path.join(HERE, "LAUNCHERS.md")
+TABLE = os.path.join(HERE, "..", "..", "docs", "docsite", "rst", "launchers.rst")
 # libvirt_root.py's mounts (tmpfs and overlay sources, staging directories) carry this mark;
 # all of them live in private mount namespaces, and none may ever show in the host's
 MOUNT_MARK = "hvm-libvirt"
@@ -285,13 +286,11 @@ def test_bare_qemu10_as_an_account(sysctl, mode, accepted, qemu10, agreement_use
 
 
 def test_launchers_table_matches_the_conditions():
-    """LAUNCHERS.md's table has one row per condition, with the answers the tests assert."""
+    """The launchers guide's table has one row per condition, with the answers the tests assert."""
     with open(TABLE) as handle:
-        lines = handle.read().split("\n| Condition |", 1)[1].split("\n\n", 1)[0].splitlines()
-    rows = [line for line in lines if line.startswith("| `")]
+        rows = rst_table.rows(handle.read())[1:]
     table = {}
-    for row in rows:
-        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+    for cells in rows:
         table[cells[0].strip("`")] = cells
     assert sorted(table) == sorted(c.id for c in LAUNCHER_CONDITIONS)
     words = {True: "accepted", False: "refused"}

@@ -2,23 +2,21 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to hypervisor.migration
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Generate the role's defaults and variable reference from its argument specs.
+"""Generate the role's defaults from its argument specs.
 
 Test tool (not shipped with the collection)::
 
-    role_docs.py [--check] [--role roles/postcopy] [--doc docs/role.md]
+    role_docs.py [--check] [--role roles/postcopy]
 
 ``roles/<role>/meta/argument_specs.yml`` is the single source of truth for the
-role's variables.  From its ``main`` entry point this writes
+role's variables: ``ansible-doc -t role`` renders it as the variable reference,
+and from its ``main`` entry point this writes ``roles/<role>/defaults/main.yml``,
+every option that has a default, with the first paragraph of its description as
+a comment.
 
-* ``roles/<role>/defaults/main.yml``: every option that has a default, with
-  the first paragraph of its description as a comment;
-* the variable reference in the Markdown file, between the lines
-  ``<!-- BEGIN generated variables -->`` and ``<!-- END generated variables -->``.
-
-``--check`` writes nothing and exits 1, naming the stale files, when either
-differs from what would be generated (tests/unit/roles/test_role_docs.py runs
-it); exit 2 means bad input.
+``--check`` writes nothing and exits 1, naming the stale file, when it differs
+from what would be generated (tests/unit/roles/test_role_docs.py runs it); exit 2
+means bad input.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -32,8 +30,6 @@ import textwrap
 import yaml
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-BEGIN = "<!-- BEGIN generated variables -->"
-END = "<!-- END generated variables -->"
 GENERATED_BY = "tests/tools/role_docs.py"
 
 # ansible-doc markup: O(option), V(value), C(code), M(module), RV(return value), I(italic), B(bold), U(url), L(text,url)
@@ -46,15 +42,6 @@ _LINK = re.compile(r"\bL\(([^(),]*),\s*([^()]*)\)")
 
 class SpecError(Exception):
     """The argument specs are not what this tool understands."""
-
-
-def markdown(text):
-    """ansible-doc markup to Markdown."""
-    text = _LINK.sub(lambda m: "[%s](%s)" % (m.group(1), m.group(2)), text)
-    text = _URL.sub(lambda m: "<%s>" % m.group(1), text)
-    text = _CODE.sub(lambda m: "`%s`" % m.group(1), text)
-    text = _ITALIC.sub(lambda m: "*%s*" % m.group(1), text)
-    return _BOLD.sub(lambda m: "**%s**" % m.group(1), text)
 
 
 def plain(text):
@@ -113,65 +100,14 @@ def render_defaults(options):
     return "\n".join(lines) + "\n"
 
 
-def type_line(spec):
-    kind = spec["type"]
-    if kind == "list" and spec.get("elements"):
-        kind = "list of %s" % spec["elements"]
-    parts = ["type `%s`" % kind]
-    if spec.get("choices"):
-        parts.append("%s `%s`" % ("each one of" if spec["type"] == "list" else "one of", "`, `".join(str(c) for c in spec["choices"])))
-    if "default" in spec:
-        default = spec["default"]
-        parts.append("default `%s`" % (yaml_value(default) if default != "" else '""'))
-    else:
-        parts.append("no default (the module's own)")
-    if spec.get("required"):
-        parts.append("required")
-    text = "; ".join(parts)
-    return text[0].upper() + text[1:] + "."
-
-
-def render_reference(options):
-    lines = [
-        BEGIN,
-        "<!-- Generated from roles/postcopy/meta/argument_specs.yml by %s; edit the specs, then run it. -->" % GENERATED_BY,
-        "",
-    ]
-    for name, spec in options.items():
-        lines.append("#### `%s`" % name)
-        lines.append("")
-        lines.append(type_line(spec))
-        lines.append("")
-        for paragraph in descriptions(spec):
-            lines.append(markdown(paragraph))
-            lines.append("")
-    lines.append(END)
-    return "\n".join(lines)
-
-
-def splice(document, reference, doc_path):
-    try:
-        start = document.index(BEGIN)
-        end = document.index(END, start) + len(END)
-    except ValueError:
-        raise SpecError("%s lacks the lines %s and %s" % (doc_path, BEGIN, END)) from None
-    return document[:start] + reference + document[end:]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file is stale")
     parser.add_argument("--role", default=os.path.join(REPO, "roles", "postcopy"))
-    parser.add_argument("--doc", default=os.path.join(REPO, "docs", "role.md"))
     args = parser.parse_args(argv)
     try:
         options = load_options(args.role)[1]
-        with open(args.doc) as f:
-            document = f.read()
-        wanted = {
-            os.path.join(args.role, "defaults", "main.yml"): render_defaults(options),
-            args.doc: splice(document, render_reference(options), args.doc),
-        }
+        wanted = {os.path.join(args.role, "defaults", "main.yml"): render_defaults(options)}
     except (OSError, SpecError, yaml.YAMLError) as exc:
         print("role_docs.py: %s" % exc, file=sys.stderr)
         return 2

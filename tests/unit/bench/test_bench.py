@@ -62,7 +62,7 @@ def test_strict_holds_an_unreachable_goal_to_the_goal(monkeypatch):
 
 
 def test_only_facts_modules_and_the_ssh_fleet_are_excused():
-    # Every other goal is held to its goal; an entry here needs its reason in docs/performance.md.
+    # Every other goal is held to its goal; an entry here needs its reason in docs/docsite/rst/performance.rst.
     assert sorted(bench.UNREACHABLE) == ["facts_modules", "fleet_ssh"]
     assert bench.UNREACHABLE["facts_modules"][0] < 4
     assert bench.UNREACHABLE["fleet_ssh"][0] <= 1.5

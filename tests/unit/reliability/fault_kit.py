@@ -379,7 +379,7 @@ def format_options(options, ctx):
 
 
 # --------------------------------------------------------------------------------------------
-# the table as Markdown, for docs/reliability.md
+# the table, for the reliability guide (docs/docsite/rst/reliability.rst)
 
 
 def describe_inject(inject):
@@ -441,6 +441,13 @@ def describe_expect(expect):
     if expect.checks:
         text += "; " + ", ".join("%s=%s" % (k, v) for k, v in expect.checks.items())
     return text
+
+
+def rst(faults):
+    """The matrix as the RST list-table the reliability guide carries."""
+    import rst_table
+
+    return rst_table.from_pipe_table(markdown(faults))
 
 
 def markdown(faults):

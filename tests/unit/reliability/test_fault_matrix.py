@@ -10,7 +10,7 @@ before any module code runs. Never a traceback, never a hang, nothing left runni
 How each kind of injection works is in fault_kit.py. Rows marked ``ansible=True`` also run
 through ansible-playbook, one host each, all in one play next to a healthy host.
 
-docs/reliability.md carries this table: ``python tests/unit/reliability/test_fault_matrix.py``
+docs/docsite/rst/reliability.rst carries this table: ``python tests/unit/reliability/test_fault_matrix.py``
 prints it.
 """
 
@@ -271,14 +271,9 @@ def ctx(tmp_path_factory):
 
 def test_rows_are_unique_and_documented():
     assert len(set(ids(FAULTS))) == len(FAULTS)
-    # The table lives in docs/reliability.md, or in the README once merged there.
-    texts = []
-    for name in ("docs/reliability.md", "README.md"):
-        path = os.path.join(fault_kit.REPO, name)
-        if os.path.exists(path):
-            with open(path) as doc:
-                texts.append(doc.read())
-    assert any(fault_kit.markdown(FAULTS) in text for text in texts), "the matrix in docs/reliability.md is stale: run python %s" % __file__
+    with open(os.path.join(fault_kit.REPO, "docs", "docsite", "rst", "reliability.rst")) as doc:
+        text = doc.read()
+    assert fault_kit.rst(FAULTS) in text, "the matrix in docs/docsite/rst/reliability.rst is stale: run python %s" % __file__
 
 
 @pytest.mark.parametrize("fault", CHILD_ROWS, ids=ids(CHILD_ROWS))
@@ -435,4 +430,4 @@ def test_one_hung_host_does_not_stop_the_play(play):
 
 
 if __name__ == "__main__":
-    sys.stdout.write(fault_kit.markdown(FAULTS))
+    sys.stdout.write(fault_kit.rst(FAULTS))

@@ -514,5 +514,5 @@ def test_role_variables_through_validate_argument_spec(tmp_path):
 
 
 def test_zz_report_counts():
-    """Prints how many values each option got (the figure in docs/reliability.md)."""
+    """Prints how many values each option got (the figure in docs/docsite/rst/reliability.rst)."""
     sys.stdout.write("\nfuzzed values per option: %s\ntotal: %d\n" % (json.dumps(COUNTS, sort_keys=True), sum(COUNTS.values())))

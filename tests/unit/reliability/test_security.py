@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Nothing opened up: what the module and the canary may run, touch and leave, checked on this host.
 
-The threat model these tests hold the code to is docs/threat-model.md.
+The threat model these tests hold the code to is docs/docsite/rst/threat-model.rst.
 """
 
 import ast

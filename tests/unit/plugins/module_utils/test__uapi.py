@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: contributors to hypervisor.migration
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The UAPI table against include/uapi/linux/userfaultfd.h (values from DESIGN.md section 4).
+"""The UAPI table against include/uapi/linux/userfaultfd.h, value by value.
 
 Only x86_64 runs here; the other architectures' numbers are computed, not observed.
 """
