@@ -33,15 +33,6 @@ description:
 author:
   - hypervisor.migration developers (@hypervisor-migration)
 options:
-  qemu_binary:
-    description:
-      - The QEMU binary to start, twice.
-      - V(auto) looks for C(qemu-system-<arch>) in the system binary directories, then C(/usr/libexec/qemu-kvm).
-      - Otherwise an absolute path to a regular executable file that is not writable by every account.
-      - The guest is x86 machine code, so this must be an x86 QEMU (C(qemu-system-x86_64) or C(qemu-system-i386)).
-    type: str
-    default: auto
-    version_added: 1.0.0
   run_as:
     description:
       - The account both QEMUs run as, by name or numeric uid; the same resolution as the
@@ -49,7 +40,11 @@ options:
       - V(auto) takes C(user) from C(/etc/libvirt/qemu.conf) when set, else the first existing
         of C(qemu) and C(libvirt-qemu), else the module's own account.
       - Any account other than the module's own needs root (C(become)).
+      - The alias O(probe_user) lets C(module_defaults) for the action group
+        C(group/hypervisor.migration.postcopy) set QEMU's account once for this module and
+        M(hypervisor.migration.postcopy_facts).
     type: str
+    aliases: [probe_user]
     default: auto
     version_added: 1.0.0
   accel:
@@ -84,7 +79,8 @@ options:
     type: bool
     default: true
     version_added: 1.0.0
-extends_documentation_fragment: []
+extends_documentation_fragment:
+  - hypervisor.migration.common
 attributes:
   check_mode:
     support: partial
@@ -92,14 +88,13 @@ attributes:
     details:
       - Starts nothing and creates nothing; returns the QEMU command lines it would run, with
         RV(ansible_facts.postcopy_canary.ok) null. The work directory is shown as C(<workdir>).
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is nothing to diff.
   facts:
     support: full
     description: Returns C(ansible_facts.postcopy_canary).
 notes:
   - Requires Linux and an x86 QEMU. Switching to O(run_as) needs root.
+  - The canary starts O(qemu_binary) twice. The guest is x86 machine code, so it must be an x86 QEMU
+    (C(qemu-system-x86_64) or C(qemu-system-i386)).
   - QEMU inherits the module's seccomp filter and LSM label. A QEMU started by libvirt may run under
     others (an SELinux or AppArmor profile of its own), which this canary does not reproduce.
   - Uses a QMP client of its own (standard library only); QEMU's Python packages are not needed.
@@ -268,7 +263,7 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._options impo
 
 ARGUMENT_SPEC = dict(
     qemu_binary=dict(type="str", default="auto"),
-    run_as=dict(type="str", default="auto"),
+    run_as=dict(type="str", aliases=["probe_user"], default="auto"),
     accel=dict(type="str", choices=list(ACCEL_CHOICES), default="auto"),
     memory_mb=dict(type="int", default=256),
     timeout=dict(type="int", default=60),

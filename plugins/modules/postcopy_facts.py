@@ -49,20 +49,6 @@ options:
     choices: [anonymous, shmem, hugetlbfs]
     default: [anonymous]
     version_added: 1.0.0
-  qemu_binary:
-    description:
-      - The QEMU binary whose behaviour to judge. Its version decides whether C(/dev/userfaultfd)
-        counts. QEMU 8.0 and newer open it first, older QEMU only uses the syscall.
-      - V(auto) looks for C(qemu-system-<arch>) in the system binary directories, then
-        C(/usr/libexec/qemu-kvm). When none is found the host is judged as for current QEMU,
-        and the C(note) in RV(ansible_facts.postcopy.qemu) says so.
-      - Otherwise an absolute path to a regular executable file.
-      - The binary and every directory above it must be owned by root (or the module's account) and not
-        writable by group or others (sticky directories such as C(/tmp) allowed), because root reads it
-        and may run it (C(--version), when it carries no version banner); it is judged by its real path.
-    type: str
-    default: auto
-    version_added: 1.0.0
   target_page_size:
     description:
       - The guest's target page size in bytes; post-copy needs it no larger than the host page size.
@@ -104,19 +90,21 @@ options:
     type: int
     default: 10
     version_added: 1.0.0
-extends_documentation_fragment: []
+extends_documentation_fragment:
+  - hypervisor.migration.common
 attributes:
   check_mode:
     support: full
     description: The module only reads; it runs the same way in check mode.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is nothing to diff.
   facts:
     support: full
     description: Returns C(ansible_facts) and can be used in C(facts_modules).
 notes:
   - Requires Linux. The probe needs root to switch to O(probe_user).
+  - The version of O(qemu_binary) decides whether C(/dev/userfaultfd) counts. QEMU 8.0 and newer open
+    it first, older QEMU only uses the syscall. When O(qemu_binary=auto) finds no QEMU the host is
+    judged as for current QEMU, and the C(note) in RV(ansible_facts.postcopy.qemu) says so. Root runs
+    the binary only for C(--version), when it carries no version banner.
   - The child probes under the same seccomp filter and LSM label as the module. A QEMU started by
     libvirt may run under others; M(hypervisor.migration.postcopy_canary) runs a real migration.
 requirements:

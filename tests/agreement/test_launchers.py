@@ -174,7 +174,7 @@ def check_facts_agree(condition, facts, accepted, sysctl):
         assert beside in causes, causes
     remedies = " ".join(cause["remedy"] for cause in facts["postcopy"]["causes"])
     if not launcher["device_path"]["host_grant_helps"]:
-        assert "udev" not in remedies.split("cannot")[0] and "postcopy_grant_access=device" not in remedies, remedies
+        assert "udev" not in remedies.split("cannot", maxsplit=1)[0] and "postcopy_grant_access=device" not in remedies, remedies
 
 
 def _expected_ids(condition, roots, account):

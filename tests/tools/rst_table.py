@@ -59,7 +59,7 @@ def list_table(header, rows, widths=None):
 def from_pipe_table(text):
     """The RST list-table for a Markdown pipe table (header, separator, rows)."""
     rows = [_split(line) for line in text.strip().splitlines()]
-    return list_table(rows[0], [row for row in rows[2:]])
+    return list_table(rows[0], rows[2:])
 
 
 def _split(line):

@@ -39,6 +39,7 @@ SHIPPED = (
     "plugins/module_utils/_*.py",
     "plugins/doc_fragments/*.py",
     "plugins/filter/*.py",
+    "plugins/filter/*.yml",
     "roles/*/README.md",
     "roles/*/defaults/main.yml",
     "roles/*/handlers/main.yml",
