@@ -12,6 +12,7 @@ sessions as CI stages; ``nox --list`` shows them all.
 # dependencies = ["nox>=2025.02.09", "antsibull-nox"]
 # ///
 
+import shutil
 import sys
 
 import nox
@@ -27,6 +28,13 @@ PYTHON = "3.11"
 
 antsibull_nox.load_antsibull_nox_toml()
 
+
+def _drop_ansible_test_scratch():
+    # Runs in the collection's copy. ansible-test can leave tests/output/.tmp/<test>/ behind, and
+    # antsibull-nox copies tests/output back bottom-up, making <test>/ before .tmp/ exists.
+    shutil.rmtree("tests/output/.tmp", ignore_errors=True)
+
+
 antsibull_nox.add_ansible_test_session(
     name="ansible-test-sanity",
     description="Run ansible-test sanity with ansible-core %s in a virtual environment" % ANSIBLE_CORE,
@@ -34,6 +42,7 @@ antsibull_nox.add_ansible_test_session(
     default=True,
     ansible_core_version=ANSIBLE_CORE,
     ansible_core_source="pypi",
+    callback_after=_drop_ansible_test_scratch,
 )
 
 if __name__ == "__main__":
