@@ -135,7 +135,8 @@ class Host:
         return path in self.planned or os.path.exists(self.real(path))
 
     def isdir(self, path):
-        return os.path.isdir(self.real(path))
+        """A directory, or one the role creates for a file it plans."""
+        return os.path.isdir(self.real(path)) or any(os.path.dirname(planned) == path.rstrip("/") for planned in self.planned)
 
     def isfile(self, path):
         return path in self.planned or os.path.isfile(self.real(path))
