@@ -326,7 +326,7 @@ def oslo_value(host, order, args, home, cwd="/", env_value=None):
             conf(mapped, project=PROJECT, prog=PROG, default_config_files=files, default_config_dirs=dirs)
             value = conf[GROUP][NAME]
         except (cfg.Error, ValueError) as exc:
-            raise NovaConfError("oslo.config cannot read nova-compute's configuration: %s" % str(exc).replace(top, ""))
+            raise NovaConfError("oslo.config cannot read nova-compute's configuration: %s" % str(exc).replace(top, "")) from None
         return value, _oslo_version()
     finally:
         os.environ.pop(ENV_NAME, None)

@@ -230,7 +230,13 @@ ARGUMENT_SPEC = dict(
     kolla_host=dict(type="str"),
     kolla_service=dict(type="str", default="nova-compute"),
 )
-REQUIRED_IF = [("layout", "nova", ["dropin"]), ("layout", "kolla", ["kolla_config_dir", "kolla_host"])]
+REQUIRED = {"nova": ["dropin"], "kolla": ["kolla_config_dir", "kolla_host"]}
+
+
+def _require(params):
+    missing = [name for name in REQUIRED[params["layout"]] if not params[name]]
+    if missing:
+        raise conf.NovaConfError("layout %s needs %s" % (params["layout"], " and ".join(missing)))
 
 
 def _absolute(name, path):
@@ -341,8 +347,10 @@ def _cross_check(host, order, args, home, cwd, env_value, winner, label):
         return "builtin"
     value, version = checked
     if value != winner["value"]:
-        raise conf.NovaConfError("oslo.config %s says %s = %s %s, this module's reading of the same files says %s (from %s): "
-                                 "refusing to act on a reading nova would not share" % (version, conf.NAME, value, label, winner["value"], winner["file"] or winner["why"]))
+        raise conf.NovaConfError(
+            "oslo.config %s says %s = %s %s, this module's reading of the same files says %s (from %s): refusing to act on a reading nova would not share"
+            % (version, conf.NAME, value, label, winner["value"], winner["file"] or winner["why"])
+        )
     return "oslo.config %s" % version
 
 
@@ -413,9 +421,10 @@ def run_kolla(module, result):
 
 
 def main():
-    module = new_module(ARGUMENT_SPEC, supports_check_mode=True, required_if=REQUIRED_IF)
+    module = new_module(ARGUMENT_SPEC, supports_check_mode=True)
     result = {"changed": False, "diff": [], "backup_files": [], "nova": {"wanted": module.params["value"], "backup_files": []}}
     try:
+        _require(module.params)
         if module.params["layout"] == "kolla":
             run_kolla(module, result)
         else:

@@ -488,6 +488,8 @@ ROLE_BAD_VALUES = [
     ("postcopy_grant_access", "everything"),
     ("postcopy_memory_backends", ["anonymous", "ram"]),
     ("postcopy_consumers", ["nova", "glance"]),
+    ("postcopy_nova_conflicts", "ignore"),
+    ("postcopy_nova_config_dirs", {"dir": "/etc/nova/nova.conf.d"}),
     ("postcopy_canary", [1, 2]),
 ]
 

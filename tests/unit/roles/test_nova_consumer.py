@@ -142,7 +142,6 @@ def snapshot(top):
 
 
 def play(tmp_path, label, *extra):
-    top = str(tmp_path / "tree")
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path(), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
                ANSIBLE_ACTION_PLUGINS=str(tmp_path / "action_plugins"), ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"))
     env.pop("ANSIBLE_CONFIG", None)

@@ -266,7 +266,9 @@ def test_running_process_is_found(tmp_path):
         assert found is not None and found["pid"] == proc.pid, found
         assert found["args"] == ["--config-file", "nova.conf"]
         assert found["cwd"] == str(tmp_path)
-        assert conf.read_order(conf.Host("/", {str(tmp_path / "nova.conf"): "[libvirt]\n"}), found["args"], HOME, found["cwd"])[-1][0] == str(tmp_path / "nova.conf")
+        # a relative --config-file is nova-compute's working directory's
+        order = conf.read_order(conf.Host("/", {str(tmp_path / "nova.conf"): "[libvirt]\n"}), found["args"], HOME, found["cwd"])
+        assert order[-1][0] == str(tmp_path / "nova.conf")
     finally:
         proc.kill()
         proc.wait(timeout=10)
