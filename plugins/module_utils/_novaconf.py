@@ -123,10 +123,12 @@ def assignments(text, where):
 class Host:
     """The host's files, read below root, with paths named as the host names them."""
 
-    def __init__(self, root="/", planned=None):
+    def __init__(self, root="/", planned=None, planned_dirs=()):
         self.root = root
         # {host path: text} of files as they will be once the role has written them
         self.planned = dict(planned or {})
+        # directories the role creates
+        self.planned_dirs = set(path.rstrip("/") for path in planned_dirs)
 
     def real(self, path):
         return os.path.join(self.root, path.lstrip("/")) if self.root != "/" else path
@@ -136,7 +138,8 @@ class Host:
 
     def isdir(self, path):
         """A directory, or one the role creates for a file it plans."""
-        return os.path.isdir(self.real(path)) or any(os.path.dirname(planned) == path.rstrip("/") for planned in self.planned)
+        wanted = path.rstrip("/")
+        return os.path.isdir(self.real(path)) or wanted in self.planned_dirs or any(os.path.dirname(planned) == wanted for planned in self.planned)
 
     def isfile(self, path):
         return path in self.planned or os.path.isfile(self.real(path))

@@ -357,7 +357,8 @@ def _cross_check(host, order, args, home, cwd, env_value, winner, label):
 def run_nova(module, result):
     params = module.params
     _absolute("dropin", params["dropin"])
-    host = conf.Host(params["root"])
+    # the role creates the drop-in's directory: nova-compute finds it there, empty, until the drop-in is written
+    host = conf.Host(params["root"], planned_dirs=[os.path.dirname(params["dropin"])])
     args, cwd, environ, started_by, process = how_started(params, host)
     home = _account_home(params, process)
     env_value = environ.get(conf.ENV_NAME)

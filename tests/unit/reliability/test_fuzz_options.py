@@ -431,6 +431,8 @@ def _role_verdict(spec, value):
     if spec.get("choices") and kind == "str":
         return choice_of(spec["choices"])(value)
     if kind == "list":
+        if isinstance(value, bool) and not spec.get("choices"):
+            return None  # ansible-core makes it ["True"]; validate.yml then refuses it as no absolute path
         if isinstance(value, (dict, bool)) or value is None:
             return None if value is None else False
         if spec.get("choices") and isinstance(value, list):

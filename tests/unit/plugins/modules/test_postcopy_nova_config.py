@@ -168,3 +168,12 @@ def test_bad_input_is_one_line(capsys, tmp_path, host, args, message):
     result = run(capsys, tmp_path, host, **args)
     assert result["rc"] == 1
     assert result["msg"] == message
+
+
+def test_drop_in_directory_the_role_creates(capsys, tmp_path, host):
+    dropin = "/etc/nova/new.conf.d/50.conf"
+    result = run(capsys, tmp_path, host, value=False, dropin=dropin, config_files=["/etc/nova/nova.conf"], config_dirs=["/etc/nova/new.conf.d"])
+    assert result["rc"] == 0, result
+    assert (result["nova"]["value"], result["nova"]["file"]) == (False, dropin)
+    assert result["nova"]["before"]["value"] is True
+    assert not os.path.exists(os.path.join(host, "etc", "nova", "new.conf.d"))
