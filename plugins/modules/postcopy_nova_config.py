@@ -29,7 +29,7 @@ description:
   - When the module's Python can import oslo.config (every nova host's system Python can), oslo.config itself
     evaluates the same files and the module fails if its own reading disagrees; otherwise the module's own
     implementation of that precedence answers (RV(nova.evaluator)).
-  - The module does not write the drop-in O(dropin): the role writes it. When a file the role does not own would
+  - The module does not write the drop-in O(dropin), the role does. When a file the role does not own would
     still win over it with another value, the module fails naming that file and line (O(conflicts=fail)), or
     changes only that assignment in that file (O(conflicts=override)), keeping a backup.
   - With O(layout=kolla) it sets the option in kolla-ansible's per-host override file
@@ -107,8 +107,12 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    details:
+      - Computes the same values, reports the change it would make to a conflicting file, and writes nothing.
   diff_mode:
     support: full
+    description: Returns the before and after text of each file it changes (or would change in check mode).
 notes:
   - The environment variable C(OS_LIBVIRT__LIVE_MIGRATION_PERMIT_POST_COPY) of the running nova-compute or of its
     systemd unit wins over every file, and cannot be overridden by a file.
