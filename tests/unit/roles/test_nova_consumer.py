@@ -16,6 +16,7 @@ kolla-ansible's own merge_configs action plugin (from its wheel), and oslo.confi
 from __future__ import absolute_import, division, print_function
 
 import glob
+import json
 import os
 import subprocess
 
@@ -52,7 +53,7 @@ def host_dir(top, host):
 
 def inventory(top):
     lines = ["all:", "  vars:", "    ansible_connection: local", '    ansible_python_interpreter: "{{ ansible_playbook_python }}"',
-             "    postcopy_probe_user: root", "  hosts:"]
+             "    postcopy_probe_user: root", "    postcopy_report: %s/report/postcopy.html" % top, "  hosts:"]
     for host, (nova, compute, files, dirs, dropin, verdict) in ROWS.items():
         base = host_dir(top, host)
         lines += ["    %s:" % host,
@@ -187,6 +188,7 @@ def test_check_mode_writes_nothing(runs):
     assert runs["after_check"] == runs["before"]
     rc, output = runs["check"]
     assert rc == 2, output[-3000:]
+    assert recap(output, "config-file")["failed"] == "1"
     # the override shows its change as a diff
     assert "-live_migration_permit_post_copy = true\n+live_migration_permit_post_copy = false" in output, output[-5000:]
 
@@ -207,10 +209,14 @@ def test_nova_uses_the_verdict_or_the_host_failed(runs, host):
         return
     assert recap(output, host)["failed"] == "0"
     assert nova_uses(runs["top"], host) is verdict
-    fact = __import__("json").loads(open(os.path.join(host_dir(runs["top"], host), "facts.d", "postcopy.fact")).read())
+    fact = json.loads(open(os.path.join(host_dir(runs["top"], host), "facts.d", "postcopy.fact")).read())
     assert fact["enabled"] is verdict and fact["nova"]["value"] is verdict
     assert fact["nova"]["source"] == "variables"
     assert fact["nova"]["evaluator"].startswith("oslo.config ")
+    rows = {row["host"]: row for row in json.loads(open(os.path.join(runs["top"], "report", "postcopy.json")).read())["hosts"]}
+    assert rows[host]["nova"]["value"] is verdict and rows[host]["nova"]["file"] == fact["nova"]["file"]
+    html = open(os.path.join(runs["top"], "report", "postcopy.html")).read()
+    assert '<li data-host="%s" data-nova="%s">' % (host, str(verdict).lower()) in html
 
 
 def test_override_keeps_a_backup_and_is_idempotent(runs):
@@ -221,7 +227,7 @@ def test_override_keeps_a_backup_and_is_idempotent(runs):
     assert len(backups) == 1 and open(backups[0]).read() == nova_text("true")
     assert recap(runs["second"][1], host)["changed"] == "0"
     for path, (content, mtime) in runs["after_second"].items():
-        if "/merged/" not in path:
+        if "/merged/" not in path and "/report/" not in path:
             assert runs["after_first"][path] == (content, mtime), path
 
 
