@@ -58,8 +58,20 @@ def _read_small(path, limit=_MAX_SCRIPT_BYTES):
         os.close(fd)
 
 
+def _own_root(base):
+    """Whether the process sees the same root directory as this one (not a container's or a chroot's)."""
+    try:
+        theirs, ours = os.stat(os.path.join(base, "root")), os.stat("/")
+    except OSError:
+        return True
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def process_arguments(proc):
-    """{args, cwd, pid, environ} of the oldest running nova-compute under the proc directory; None when none runs."""
+    """{args, cwd, pid, environ, contained} of the oldest running nova-compute under the proc directory; None when none runs.
+
+    contained is true when it runs with another root directory (a container): its paths are not the host's.
+    """
     try:
         pids = sorted(int(name) for name in os.listdir(proc) if name.isdigit())
     except OSError:
@@ -81,7 +93,7 @@ def process_arguments(proc):
             environ = dict(item.decode("utf-8", "replace").split("=", 1) for item in _read_small(os.path.join(base, "environ")).split(b"\0") if b"=" in item)
         except OSError:
             environ = {}
-        return {"args": args, "cwd": cwd, "pid": pid, "environ": environ}
+        return {"args": args, "cwd": cwd, "pid": pid, "environ": environ, "contained": not _own_root(base)}
     return None
 
 

@@ -114,6 +114,8 @@ attributes:
     support: full
     description: Returns the before and after text of each file it changes (or would change in check mode).
 notes:
+  - A running nova-compute with another root directory than the module's (a container) fails the task, since its files
+    are not the host's. Use O(layout=kolla) for kolla-ansible, or give O(config_files) and O(config_dirs).
   - The environment variable C(OS_LIBVIRT__LIVE_MIGRATION_PERMIT_POST_COPY) of the running nova-compute or of its
     systemd unit wins over every file, and cannot be overridden by a file.
   - A file is changed by writing a new one beside it and renaming it over the old one, with the old one's mode,
@@ -271,6 +273,11 @@ def how_started(params, host):
         args += ["--config-dir=%s" % path for path in params["config_dirs"] or []]
         return args, "/", {}, {"source": "variables", "args": args}, None
     process = start.process_arguments(params["proc"])
+    if process is not None and process["contained"]:
+        raise conf.NovaConfError(
+            "nova-compute (pid %d) runs in a container and does not read this host's nova configuration: "
+            "use the kolla consumer, or give config_files and config_dirs" % process["pid"]
+        )
     if process is not None:
         return process["args"], process["cwd"], process["environ"], {"source": "process", "args": process["args"], "pid": process["pid"]}, process
     unit = start.unit_arguments(host)
@@ -371,7 +378,7 @@ def run_nova(module, result):
         return conf.read_order(some_host, args, home, cwd)
 
     before = _judge(host, order_of, env_value)
-    evaluator = _cross_check(host, order_of(host), args, home, cwd, env_value, before, "now")
+    _cross_check(host, order_of(host), args, home, cwd, env_value, before, "now")
     dropin_content = conf.dropin_text(params["value"], params["reason"])
     host.planned[params["dropin"]] = dropin_content
     order = order_of(host)

@@ -266,6 +266,7 @@ def test_running_process_is_found(tmp_path):
         assert found is not None and found["pid"] == proc.pid, found
         assert found["args"] == ["--config-file", "nova.conf"]
         assert found["cwd"] == str(tmp_path)
+        assert found["contained"] is False
         # a relative --config-file is nova-compute's working directory's
         order = conf.read_order(conf.Host("/", {str(tmp_path / "nova.conf"): "[libvirt]\n"}), found["args"], HOME, found["cwd"])
         assert order[-1][0] == str(tmp_path / "nova.conf")
@@ -277,3 +278,18 @@ def test_running_process_is_found(tmp_path):
     while start.process_arguments("/proc") is not None and time.time() < deadline:
         time.sleep(0.05)
     assert start.process_arguments("/proc") is None
+
+
+def test_contained_process_is_told_apart(tmp_path, root):
+    """A nova-compute with another root directory (here a chroot; a container's is the same to /proc) is not the host's."""
+    script = tmp_path / "nova-compute"
+    script.write_text("import os, sys, time\nos.chroot(sys.argv[1])\nsys.stdout.write('up\\n'); sys.stdout.flush()\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"up\n"
+        found = start.process_arguments("/proc")
+        assert found is not None and found["pid"] == proc.pid and found["contained"] is True, found
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
