@@ -287,10 +287,6 @@ def how_started(params, host):
     return args, "/", {}, {"source": "debian", "args": args}, None
 
 
-def _judge(host, order_of, env_value):
-    return conf.effective(host, order_of(host), env_value)
-
-
 def _conflict_message(params, winner, dropin_read):
     wanted = "true" if params["value"] else "false"
     if winner["file"] is None:
@@ -342,8 +338,10 @@ def write_file(module, host, path, text, result):
         raise
 
 
-def _edit(module, host, path, new_text, result):
-    old_text = host.read(path) if host.isfile(path) else ""
+def _edit(module, host, path, new_text, result, old_text=None):
+    """Write new_text to path (unless check mode) and count it as planned; old_text is what is there now."""
+    if old_text is None:
+        old_text = host.read(path) if host.isfile(path) else ""
     if old_text == new_text:
         return
     result["diff"].append({"before_header": path, "after_header": path, "before": old_text, "after": new_text})
@@ -377,7 +375,7 @@ def run_nova(module, result):
     def order_of(some_host):
         return conf.read_order(some_host, args, home, cwd)
 
-    before = _judge(host, order_of, env_value)
+    before = conf.effective(host, order_of(host), env_value)
     _cross_check(host, order_of(host), args, home, cwd, env_value, before, "now")
     dropin_content = conf.dropin_text(params["value"], params["reason"])
     host.planned[params["dropin"]] = dropin_content
@@ -418,7 +416,9 @@ def run_kolla(module, result):
         return [(path, "kolla-ansible merge") for path in merged if some_host.isfile(path)]
 
     before = conf.effective(host, order_of(host), None)
-    _edit(module, host, target, conf.set_option(host.read(target) if target in existing else "", params["value"], target), result)
+    # judged with the target as it will be, before anything is written
+    old_target = host.read(target) if target in existing else ""
+    host.planned[target] = conf.set_option(old_target, params["value"], target)
     winner = conf.effective(host, order_of(host), None)
     conflict = None
     if winner["value"] != params["value"]:
@@ -427,6 +427,7 @@ def run_kolla(module, result):
             module.fail_json(msg=_conflict_message(dict(params, dropin=target), winner, True), nova=dict(result["nova"], before=before, conflict=conflict))
         _edit(module, host, winner["file"], conf.set_option(host.read(winner["file"]), params["value"], winner["file"]), result)
         winner = conf.effective(host, order_of(host), None)
+    _edit(module, host, target, host.planned[target], result, old_text=old_target)
     result["nova"].update(winner, before=before, started_by={"source": "kolla", "args": []}, config_files=[path for path, _why in order_of(host)],
                           config_dirs=[], sources=[{"path": path, "why": why} for path, why in order_of(host)], evaluator="builtin",
                           conflict=conflict, dropin_read=True)

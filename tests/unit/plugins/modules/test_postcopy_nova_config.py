@@ -177,3 +177,34 @@ def test_drop_in_directory_the_role_creates(capsys, tmp_path, host):
     assert (result["nova"]["value"], result["nova"]["file"]) == (False, dropin)
     assert result["nova"]["before"]["value"] is True
     assert not os.path.exists(os.path.join(host, "etc", "nova", "new.conf.d"))
+
+
+def kolla_tree(tmp_path, later):
+    """A kolla-ansible node_custom_config with an operator's per-host nova.conf, and a per-host nova-compute.conf."""
+    base = tmp_path / "kolla"
+    (base / "nova" / "hv1").mkdir(parents=True)
+    (base / "nova" / "hv1" / "nova.conf").write_text("[DEFAULT]\ndebug = true\n")
+    (base / "nova" / "hv1" / "nova-compute.conf").write_text(nova_text(later))
+    return str(base)
+
+
+def test_kolla_file_merged_later_fails_before_anything_is_written(capsys, tmp_path):
+    base = kolla_tree(tmp_path, "true")
+    before = snapshot(base)
+    result = run_module_main(postcopy_nova_config.main, {"layout": "kolla", "value": False, "kolla_config_dir": base, "kolla_host": "hv1"}, capsys)
+    assert result["rc"] == 1
+    assert result["msg"].startswith("%s/nova/hv1/nova-compute.conf line 6 sets [libvirt] live_migration_permit_post_copy = true" % base)
+    assert snapshot(base) == before
+
+
+def test_kolla_sets_the_option_keeping_the_rest(capsys, tmp_path):
+    base = kolla_tree(tmp_path, "true")
+    args = {"layout": "kolla", "value": False, "kolla_config_dir": base, "kolla_host": "hv1", "conflicts": "override"}
+    result = run_module_main(postcopy_nova_config.main, args, capsys)
+    assert result["rc"] == 0 and result["changed"] is True
+    with open(os.path.join(base, "nova", "hv1", "nova.conf")) as handle:
+        assert handle.read() == "[DEFAULT]\ndebug = true\n\n[libvirt]\nlive_migration_permit_post_copy = false\n"
+    with open(os.path.join(base, "nova", "hv1", "nova-compute.conf")) as handle:
+        assert handle.read() == nova_text("false")
+    assert (result["nova"]["value"], result["nova"]["file"]) == (False, os.path.join(base, "nova", "hv1", "nova-compute.conf"))
+    assert run_module_main(postcopy_nova_config.main, args, capsys)["changed"] is False
