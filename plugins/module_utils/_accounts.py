@@ -16,16 +16,13 @@ from collections import namedtuple
 __all__ = [
     "Account",
     "AccountError",
-    "LIBVIRT_QEMU_CONF",
     "QEMU_ACCOUNT_NAMES",
     "account_switch_needed",
     "group_name",
-    "libvirt_configured_user",
     "resolve_account",
     "to_dict",
 ]
 
-LIBVIRT_QEMU_CONF = "/etc/libvirt/qemu.conf"
 # Fedora/RHEL packages create "qemu", Debian/Ubuntu "libvirt-qemu".
 QEMU_ACCOUNT_NAMES = ("qemu", "libvirt-qemu")
 
@@ -33,7 +30,8 @@ Account = namedtuple("Account", "name uid gid groups source reason")
 
 # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
 _NUMERIC_UID = re.compile(r"^\+?[0-9]+$")
-_CONF_USER = re.compile(r'^\s*user\s*=\s*"([^"]*)"', re.MULTILINE)
+# libvirt's "+N": a number, taken as such without looking up an account.
+_LIBVIRT_NUMBER = re.compile(r"^\+[0-9]+$")
 
 
 class AccountError(Exception):
@@ -57,34 +55,85 @@ def _lookup(spec):
         return None
 
 
-def libvirt_configured_user(path=LIBVIRT_QEMU_CONF):
-    """The ``user`` libvirt starts QEMU as, or None when the file or the setting is absent."""
+def _set_in_file(setting):
+    return bool(setting) and setting.get("source") not in (None, "compiled default")
+
+
+def _unjudgeable(setting, what):
+    if setting.get("source") == "unreadable":
+        raise AccountError(
+            "cannot tell QEMU's account: %s; fix the file or set the account explicitly" % setting.get("error", "qemu.conf's %s cannot be judged" % what)
+        )
+
+
+def _configured_gid(group, default):
+    """The gid libvirt gives QEMU: qemu.conf's group (a name or "+N") when set, else default."""
+    if not _set_in_file(group):
+        return default
+    _unjudgeable(group, "group")
+    text = str(group["value"]).strip()
+    if _LIBVIRT_NUMBER.match(text):
+        return int(text[1:])
     try:
-        with open(path) as conf:
-            match = _CONF_USER.search(conf.read())
-    except (IOError, OSError):
-        return None
-    return match.group(1) if match else None
+        return grp.getgrnam(text).gr_gid
+    except (KeyError, ValueError):
+        raise AccountError('cannot tell QEMU\'s account: group = "%s" (%s) is not a group on this host' % (text, group["source"])) from None
 
 
-def _auto_account(conf_path):
-    configured = libvirt_configured_user(conf_path)
-    if configured:
-        entry = _lookup(configured)
-        if entry is not None:
-            return _from_passwd(entry, "auto", "user = %s in %s" % (configured, conf_path))
+def _default_group():
+    for name in QEMU_ACCOUNT_NAMES:
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            continue
+    return None
+
+
+def _configured_account(user, group):
+    """The account and group qemu.conf names; AccountError when they name none on this host.
+
+    libvirt takes "+N" as a uid or gid whether or not an account has it. Never root in their
+    place: a setting that was not understood is a failure, not a default.
+    """
+    _unjudgeable(user, "user")
+    value, source = str(user["value"]).strip(), user["source"]
+    entry = _lookup(value)
+    reason = 'user = "%s" in %s' % (value, source)
+    if entry is not None:
+        gid = _configured_gid(group, entry.pw_gid)
+        groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, gid))))
+        return Account(entry.pw_name, entry.pw_uid, gid, groups, "auto", reason)
+    if not _LIBVIRT_NUMBER.match(value):
+        raise AccountError('cannot tell QEMU\'s account: user = "%s" (%s) is not an account on this host; fix it or set the account explicitly' % (
+            value,
+            source,
+        ))
+    gid = _configured_gid(group, _default_group())
+    if gid is None:
+        raise AccountError('cannot tell QEMU\'s account: user = "%s" (%s) has no account, and qemu.conf sets no group' % (value, source))
+    return Account(value, int(value[1:]), gid, (gid,), "auto", reason + " (no account has that uid)")
+
+
+def _auto_account(configured, group=None):
+    if _set_in_file(configured):
+        return _configured_account(configured, group or {})
     for name in QEMU_ACCOUNT_NAMES:
         entry = _lookup(name)
         if entry is not None:
             return _from_passwd(entry, "auto", "account %s exists (libvirt's default QEMU account)" % name)
     entry = pwd.getpwuid(os.geteuid())
-    return _from_passwd(entry, "auto", "no libvirt QEMU account found; probing as the module's own account")
+    reason = "no QEMU account found (neither qemu.conf's user nor %s exists); probing as the module's own account" % " nor ".join(QEMU_ACCOUNT_NAMES)
+    return _from_passwd(entry, "auto", reason)
 
 
-def resolve_account(spec="auto", conf_path=LIBVIRT_QEMU_CONF):
-    """Resolve ``auto``, a name or a numeric uid to an Account; AccountError when unknown."""
+def resolve_account(spec="auto", configured=None, group=None):
+    """Resolve ``auto``, a name or a numeric uid to an Account; AccountError when unknown.
+
+    configured and group are qemu.conf's user and group settings as _launcher reads them
+    ({value, source}), for ``auto``.
+    """
     if spec is None or str(spec).strip() in ("", "auto"):
-        return _auto_account(conf_path)
+        return _auto_account(configured, group)
     entry = _lookup(spec)
     if entry is None:
         raise AccountError("no such account %r on this host (give an account name, a numeric uid, or auto)" % str(spec))

@@ -43,6 +43,7 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._accounts imp
     resolve_account,
     to_dict,
 )
+from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import read_libvirt_settings
 from ansible_collections.hypervisor.migration.plugins.module_utils._options import range_error, text_error
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import (
     QemuBinaryError,
@@ -57,6 +58,7 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._qmp import (
     QMPError,
     QMPTimeout,
 )
+from ansible_collections.hypervisor.migration.plugins.module_utils._switch import minimal_environment
 
 __all__ = [
     "ACCEL_CHOICES",
@@ -117,10 +119,12 @@ _POLL = 0.01
 _REAP_TIMEOUT = 10.0
 _EXIT_GRACE = 2.0
 _STDERR_LINES = 3
+# QEMU's account can write to QEMU's stderr: read back no more than its last lines can need.
+_STDERR_TAIL = 16384
 _INTERRUPT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
 _FINAL_STATUSES = ("completed", "failed", "cancelled", "postcopy-paused")
-# <tmpdir>/postcopy-canary-XXXXXXXX/destination.qmp must fit in sun_path (108 bytes).
-_MAX_TMPDIR_LEN = 60
+# <tmpdir>/postcopy-canary-XXXXXXXX/qemu/destination.qmp must fit in sun_path (108 bytes).
+_MAX_TMPDIR_LEN = 56
 _WORKDIR_PLACEHOLDER = "<workdir>"
 
 CanarySettings = namedtuple("CanarySettings", "qemu_binary account accel memory_mb timeout sandbox")
@@ -374,7 +378,9 @@ def _find_binary(spec):
 
 def _find_account(spec):
     try:
-        account = resolve_account(spec)
+        # The same account the probe judges: qemu.conf's user, read with libvirt's grammar.
+        settings = read_libvirt_settings(None)[0]
+        account = resolve_account(spec, settings["user"], settings["group"])
     except AccountError as exc:
         raise CanaryError("run_as: %s" % exc) from None
     if account_switch_needed(account) and os.geteuid() != 0:
@@ -397,11 +403,13 @@ def make_settings(qemu_binary="auto", run_as="auto", accel="auto", memory_mb=256
 
 
 def _paths(workdir):
+    """Root's firmware in workdir; QEMU's sockets in workdir/qemu, the account's directory."""
+    sockets = os.path.join(workdir, "qemu")
     return {
         "firmware": os.path.join(workdir, "firmware.bin"),
-        "migration": os.path.join(workdir, "migration.sock"),
-        "source": os.path.join(workdir, "source.qmp"),
-        "destination": os.path.join(workdir, "destination.qmp"),
+        "migration": os.path.join(sockets, "migration.sock"),
+        "source": os.path.join(sockets, "source.qmp"),
+        "destination": os.path.join(sockets, "destination.qmp"),
     }
 
 
@@ -513,49 +521,62 @@ def _short_tmpdir():
 
 
 class _Workspace:
-    """The private work dir and the QEMU processes in it."""
+    """Where the canary works, split by who may change what.
+
+    ``path`` is root's: mode 0711, so QEMU's account may pass through it but not list or
+    change it; it holds the firmware, which QEMU only reads. ``qemu_dir`` inside it is the
+    account's (0700): QEMU creates its sockets there. Root never opens a file by name in
+    ``qemu_dir``: QEMU's stderr goes to unnamed files root holds, read back through the
+    descriptors, and QMP sockets are trusted only once the kernel names their peer.
+    """
 
     def __init__(self, account):
         self.account = account
         self.path = None
+        self.qemu_dir = None
         self.processes = {}
-        self._logs = []
+        self._logs = {}
 
     def create(self):
         with _signals_blocked():  # a signal between mkdtemp() and the assignment would leak the dir
             self.path = tempfile.mkdtemp(prefix="postcopy-canary-", dir=_short_tmpdir())
-        os.chmod(self.path, 0o700)
-        # QEMU, as the account, creates its sockets here: the dir is its, and no one else's.
+        os.chmod(self.path, 0o711)
+        self.qemu_dir = os.path.join(self.path, "qemu")
+        os.mkdir(self.qemu_dir, 0o700)
         if account_switch_needed(self.account):
-            os.chown(self.path, self.account.uid, self.account.gid)
+            os.chown(self.qemu_dir, self.account.uid, self.account.gid)
         return self.path
 
     def write_file(self, name, data):
+        """A read-only file for QEMU in root's directory."""
         path = os.path.join(self.path, name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, data)
-            if account_switch_needed(self.account):
-                os.fchown(fd, self.account.uid, self.account.gid)
         finally:
             os.close(fd)
         return path
 
     def start(self, role, argv):
-        log = open(os.path.join(self.path, role + ".log"), "wb")
-        self._logs.append(log)
+        # Unnamed (O_TMPFILE where the kernel has it) in root's directory: no name to swap.
+        log = tempfile.TemporaryFile(dir=self.path)
+        self._logs[role] = log
         with _signals_blocked():
             self.processes[role] = subprocess.Popen(
                 _exec_as_argv(self.account, argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
-                cwd=self.path,
+                cwd=self.qemu_dir,
+                env=minimal_environment(self.qemu_dir),
                 close_fds=True,
                 # Its own session and process group: cleanup kills everything QEMU started.
                 start_new_session=True,
             )
         return self.processes[role]
+
+    def qmp_client(self, role, path):
+        return QMPClient(path, peer_pid=self.processes[role].pid)
 
     def alive(self, role):
         return self.processes[role].poll() is None
@@ -568,21 +589,31 @@ class _Workspace:
 
     def qemu_words(self, role):
         """What QEMU wrote to stderr, warnings left out, as one line; None when nothing."""
-        try:
-            with open(os.path.join(self.path, role + ".log"), "rb") as log:
-                text = log.read().decode("utf-8", "replace")
-        except (IOError, OSError):
+        log = self._logs.get(role)
+        if log is None:
             return None
+        text = _tail(log.fileno(), _STDERR_TAIL).decode("utf-8", "replace")
         lines = [line.strip() for line in text.splitlines() if line.strip() and "warning:" not in line]
         return "; ".join(lines[-_STDERR_LINES:]) or None
 
     def cleanup(self):
         for process in self.processes.values():
             _kill_group(process)
-        for log in self._logs:
+        for log in self._logs.values():
             log.close()
         if self.path:
+            # rmtree works through directory descriptors here (shutil.rmtree.avoids_symlink_attacks),
+            # so a link QEMU's account plants in its directory is removed, not followed.
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _tail(fd, limit):
+    """The last limit bytes of an open file, read through its descriptor."""
+    try:
+        size = os.fstat(fd).st_size
+        return os.pread(fd, limit, max(0, size - limit))
+    except OSError:
+        return b""
 
 
 def _kill_group(process):
@@ -615,7 +646,7 @@ def _empty_facts(settings):
         "guest_running_after": False,
         "wall_time_ms": None,
         "qemu_binary": settings.qemu_binary,
-        "qemu_version": qemu_version(settings.qemu_binary),
+        "qemu_version": qemu_version(settings.qemu_binary, settings.timeout),
         "accel": settings.accel,
         "memory_mb": settings.memory_mb,
         "sandbox": settings.sandbox,
@@ -690,7 +721,7 @@ class _Canary:
             self.workspace.start(role, argv)
         for role in ("source", "destination"):
             self.step = "waiting for the %s QEMU's QMP socket" % role
-            self.qmp[role] = QMPClient(paths[role])
+            self.qmp[role] = self.workspace.qmp_client(role, paths[role])
             with _blame(role):
                 self.qmp[role].connect(self.left(), alive=lambda role=role: self.workspace.alive(role))
         self._enable_postcopy(paths["migration"])

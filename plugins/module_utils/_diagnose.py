@@ -40,6 +40,9 @@ CAUSES = (
     "lsm",
     "device_permissions",
     "qemu_too_old_for_device",
+    "libvirt_too_old_for_device",
+    "device_not_in_cgroup_acl",
+    "libvirt_config",
     "resource_limit",
     "page_size",
 )
@@ -57,6 +60,16 @@ REMEDIES = {
         "role variable postcopy_grant_access=device does this."
     ),
     "qemu_too_old_for_device": "QEMU before 8.0 never opens /dev/userfaultfd: upgrade QEMU to 8.0+, or set vm.unprivileged_userfaultfd=1.",
+    "libvirt_too_old_for_device": (
+        "Upgrade libvirt to 10.1 or newer, which makes /dev/userfaultfd in each domain's private /dev, owned by QEMU's account; "
+        "or set vm.unprivileged_userfaultfd=1, which opens userfaultfd to every local account. "
+        "A udev rule for the host's /dev/userfaultfd cannot reach the domain's /dev."
+    ),
+    "device_not_in_cgroup_acl": (
+        'Add "/dev/userfaultfd" to cgroup_device_acl in /etc/libvirt/qemu.conf (libvirt 10.1+ lists it by default) and restart libvirt; '
+        "or set vm.unprivileged_userfaultfd=1, which opens userfaultfd to every local account."
+    ),
+    "libvirt_config": "Fix /etc/libvirt/qemu.conf where the message says: libvirt refuses to start with a file it cannot parse.",
     "resource_limit": "Raise the limit QEMU's account hit (RLIMIT_NOFILE, memory) or free the resource.",
     "page_size": "Use a target page size no larger than the host page size.",
 }
@@ -116,19 +129,26 @@ def _access_causes(obs, ctx):
         detail += " (vm.unprivileged_userfaultfd%s, no CAP_SYS_PTRACE; a user-mode-only fd works)" % setting
     elif cause == "seccomp":
         detail += " under seccomp filter mode %s" % status["seccomp"]
+    path = _device_path(ctx)
     remedy = None
     if cause == "unprivileged_userfaultfd_sysctl" and not ctx["uses_device"]:
         remedy = (
             "Set vm.unprivileged_userfaultfd=1 (QEMU %s cannot use /dev/userfaultfd; "
             "with QEMU 8.0+ granting the device is the narrower fix)." % ctx["qemu_version"]
         )
+    elif cause == "unprivileged_userfaultfd_sysctl" and not path["host_grant_helps"]:
+        remedy = "Set vm.unprivileged_userfaultfd=1, which opens userfaultfd to every local account; granting the host's /dev/userfaultfd cannot help: %s." % (
+            path["reason"]
+        )
     causes = [_cause("userfaultfd", cause, detail, remedy)]
+    if path["blocked_by"] and ctx["uses_device"]:
+        causes.append(_cause("userfaultfd", path["blocked_by"], path["reason"]))
     if not ctx["uses_device"] and device["usable"]:
         detail = "/dev/userfaultfd is usable but QEMU %s only uses the syscall" % ctx["qemu_version"]
         # The sysctl only helps when it is what refused the syscall (not seccomp, not an LSM).
         remedy = None if cause == "unprivileged_userfaultfd_sysctl" else "Upgrade QEMU to 8.0+, which opens /dev/userfaultfd (usable here) first."
         causes.append(_cause("userfaultfd", "qemu_too_old_for_device", detail, remedy))
-    elif ctx["uses_device"] and device["present"] and not device["usable"]:
+    elif path["host_grant_helps"] and device["present"] and not device["usable"]:
         if device["errno"] in ("EACCES", "EPERM") and device["failed_step"] == "open":
             detail = "open(/dev/userfaultfd) as %s failed with %s (mode %s %s:%s)" % (
                 ctx["account_name"],
@@ -139,6 +159,15 @@ def _access_causes(obs, ctx):
             )
             causes.append(_cause("userfaultfd", "device_permissions", detail))
     return causes
+
+
+def _device_path(ctx):
+    """The launcher's way to /dev/userfaultfd; a bare QEMU's when the context has no launcher."""
+    launcher = ctx.get("launcher")
+    if launcher:
+        return launcher["device_path"]
+    helps = bool(ctx["uses_device"] and ctx["device"].get("present"))
+    return {"kind": "host_node" if helps else "none", "reason": "", "blocked_by": None, "host_grant_helps": helps, "libvirt_grants": False}
 
 
 def _api_causes(obs):

@@ -24,6 +24,8 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._host import 
     page_size,
     unprivileged_userfaultfd,
 )
+from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import launcher_facts
+from ansible_collections.hypervisor.migration.plugins.module_utils._private_dev import PrivateDevError, make_private_dev
 from ansible_collections.hypervisor.migration.plugins.module_utils._probe import observe
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import (
     find_qemu_binary,
@@ -44,13 +46,14 @@ DEFAULTS = {
     "qemu_binary": "auto",
     "target_page_size": 4096,
     "ffi_backend": "auto",
+    "launcher": "auto",
     "timeout": 10,
 }
 
 
-def _qemu_facts(spec):
+def _qemu_facts(spec, timeout):
     binary = find_qemu_binary(spec)
-    version = qemu_version(binary)
+    version = qemu_version(binary, timeout)
     facts = {"binary": binary, "version": version, "uses_device": qemu_uses_device(version), "note": None}
     if binary is None:
         facts["note"] = "no QEMU binary found; judged as QEMU 8.0 or newer, which opens /dev/userfaultfd first"
@@ -59,14 +62,39 @@ def _qemu_facts(spec):
     return facts
 
 
-def _probe_account(spec, warn):
+def _probe_account(spec, settings, warn):
     """The account to probe as; without root, the module's own account (with a warning)."""
-    account = resolve_account(spec)
+    account = resolve_account(spec, settings.get("user"), settings.get("group"))
     if account_switch_needed(account) and os.geteuid() != 0:
         own = resolve_account(str(os.geteuid()))
         warn("not running as root: probing as %s instead of %s, the verdict may differ for QEMU's account" % (own.name, account.name))
         return own._replace(source=account.source, reason="asked for %s (%s) but cannot switch accounts without root" % (account.name, account.reason)), False
     return account, account_switch_needed(account)
+
+
+def _private_dev_preparer(launcher, account, switch, warn):
+    """(prepare, outcome): the child's private /dev when libvirt would give QEMU one, else (None, None)."""
+    if launcher["device_path"]["kind"] != "libvirt_private_dev":
+        return None, None
+    outcome = {"reproduced": False, "error": None}
+    if not switch and os.geteuid() != 0:
+        outcome["error"] = "not root: cannot make the domain's private /dev"
+        warn("not running as root: libvirt's private /dev is not reproduced, the host's /dev/userfaultfd was probed instead")
+        return None, outcome
+    try:
+        node = os.stat(DEVICE_PATH)
+    except OSError as exc:
+        outcome["error"] = "%s: %s" % (DEVICE_PATH, exc.strerror)
+        return None, outcome
+
+    def prepare():
+        try:
+            make_private_dev(node, account.uid, account.gid)
+            outcome["reproduced"] = True
+        except (PrivateDevError, OSError) as exc:
+            outcome["error"] = str(exc)
+
+    return prepare, outcome
 
 
 def _access_facts(obs, device):
@@ -87,18 +115,26 @@ def gather_postcopy_facts(params, warn=lambda msg: None):
     start = time.monotonic()
     options = dict(DEFAULTS)
     options.update((k, v) for k, v in params.items() if v is not None)
-    account, switch = _probe_account(options["probe_user"], warn)
-    qemu = _qemu_facts(options["qemu_binary"])
+    qemu = _qemu_facts(options["qemu_binary"], options["timeout"])
+    device = device_info(DEVICE_PATH)
+    launcher = launcher_facts(options["launcher"], device["present"] and device["char_device"], qemu["uses_device"])
+    account, switch = _probe_account(options["probe_user"], launcher["settings"], warn)
+    prepare, private_dev = _private_dev_preparer(launcher, account, switch, warn)
+    device_first = launcher["device_path"]["kind"] != "none"
     backend = select_backend(options["ffi_backend"])
     host_page = page_size()
     hugepages = hugepage_sizes()
     memory_backends = list(options["memory_backends"])
 
     def probe():
-        return observe(backend, host_page, memory_backends, hugepages, device_first=qemu["uses_device"])
+        obs = observe(backend, host_page, memory_backends, hugepages, device_first=device_first)
+        # Set by prepare() in this same child, before the switch.
+        obs["private_dev"] = private_dev
+        return obs
 
-    obs = run_in_child(probe, account if switch else None, timeout=options["timeout"])
-    device = device_info(DEVICE_PATH)
+    obs = run_in_child(probe, account if switch else None, timeout=options["timeout"], prepare=prepare)
+    if obs.get("private_dev"):
+        launcher["device_path"].update(obs["private_dev"])
     sysctl = unprivileged_userfaultfd()
     missing, causes = diagnose(
         obs,
@@ -112,6 +148,7 @@ def gather_postcopy_facts(params, warn=lambda msg: None):
             "target_page_size": options["target_page_size"],
             "memory_backends": memory_backends,
             "hugepages": hugepages,
+            "launcher": launcher,
         },
     )
     details = {
@@ -131,6 +168,7 @@ def gather_postcopy_facts(params, warn=lambda msg: None):
         "api": {"features": obs["api"].get("features", []), "ioctls": obs["api"].get("ioctls", [])} if obs["api"] else None,
         "register": _register_facts(obs),
         "qemu": qemu,
+        "launcher": launcher,
         "causes": causes,
         "backend": backend.name,
         "duration_ms": round((time.monotonic() - start) * 1000.0, 2),

@@ -7,11 +7,16 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import mmap
 import os
 import re
 import stat
 import subprocess
+import time
+
+from ansible_collections.hypervisor.migration.plugins.module_utils._switch import minimal_environment
+from ansible_collections.hypervisor.migration.plugins.module_utils._trust import UntrustedPath, check_chain
 
 __all__ = [
     "DEVICE_MIN_VERSION",
@@ -44,6 +49,10 @@ _SYSTEM_NAME = {
     "loongarch64": "loongarch64",
 }
 _BANNER = b"QEMU emulator version "
+# QEMU binaries are 10-150 MB; the banner sits in their read-only data. Searched in windows so
+# that a deadline can stop the scan of anything else (a sparse file of terabytes).
+_SCAN_LIMIT = 512 << 20
+_SCAN_WINDOW = 8 << 20
 _VERSION = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -60,21 +69,32 @@ def candidate_binaries(machine=None):
     return paths
 
 
+def _check_trusted(real):
+    try:
+        check_chain(real)
+    except UntrustedPath as exc:
+        raise QemuBinaryError("qemu_binary %s: %s; refusing to read or run it as root (another account could replace it)" % (real, exc.reason)) from None
+
+
 def validate_binary(path):
-    """Raise QemuBinaryError unless path is an absolute, regular, executable file no one else can rewrite."""
+    """The real path of an absolute, regular, executable file that no other account can replace; else QemuBinaryError.
+
+    The returned path has no symlink in it, and every directory on it was checked, so what is
+    read and run is what was checked.
+    """
     if not os.path.isabs(path):
         raise QemuBinaryError("qemu_binary must be an absolute path or auto, got %r" % path)
+    real = os.path.realpath(path)
     try:
-        info = os.stat(path)
+        info = os.stat(real)
+        if not stat.S_ISREG(info.st_mode):
+            raise QemuBinaryError("qemu_binary %s is not a regular file" % path)
+        if not info.st_mode & 0o111:
+            raise QemuBinaryError("qemu_binary %s is not executable" % path)
+        _check_trusted(real)
     except OSError as exc:
         raise QemuBinaryError("qemu_binary %s: %s" % (path, os.strerror(exc.errno))) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise QemuBinaryError("qemu_binary %s is not a regular file" % path)
-    if not info.st_mode & 0o111:
-        raise QemuBinaryError("qemu_binary %s is not executable" % path)
-    if info.st_mode & stat.S_IWOTH:
-        raise QemuBinaryError("qemu_binary %s is writable by every account; refusing to run it" % path)
-    return path
+    return real
 
 
 def find_qemu_binary(spec="auto", machine=None):
@@ -83,7 +103,7 @@ def find_qemu_binary(spec="auto", machine=None):
         return validate_binary(spec)
     for path in candidate_binaries(machine):
         if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
+            return validate_binary(path)
     return None
 
 
@@ -98,28 +118,53 @@ def _format_version(match):
     return "%s.%s.%s" % (match.group(1), match.group(2), match.group(3) or "0")
 
 
-def embedded_version(path):
+def _open_regular(path):
+    """A read-only descriptor of path if it is a regular file; never blocks on a FIFO or a device."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
+def _find_banner(image, deadline):
+    """Offset of the banner in the first _SCAN_LIMIT bytes, window by window until the deadline; -1 when absent."""
+    end = min(len(image), _SCAN_LIMIT)
+    for start in range(0, end, _SCAN_WINDOW):
+        found = image.find(_BANNER, start, min(end, start + _SCAN_WINDOW + len(_BANNER)))
+        if found >= 0 or time.monotonic() > deadline:
+            return found
+    return -1
+
+
+def embedded_version(path, timeout=10):
     """The version from the banner QEMU carries as a literal string; None when absent.
 
     Reading it costs a couple of milliseconds and runs nothing; starting QEMU costs ~20 ms.
+    The scan stops at _SCAN_LIMIT bytes and at timeout, whatever the file is.
     """
+    deadline = time.monotonic() + timeout
     try:
-        with open(path, "rb") as binary:
-            with mmap.mmap(binary.fileno(), 0, prot=mmap.PROT_READ) as image:
-                start = image.find(_BANNER)
+        fd = _open_regular(path)
+        try:
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as image:
+                start = _find_banner(image, deadline)
                 if start < 0:
                     return None
                 match = _VERSION.match(image[start:start + 64].decode("ascii", "replace"))
+        finally:
+            os.close(fd)
     except (OSError, ValueError):
         return None
     return _format_version(match) if match else None
 
 
 def qemu_version(path, timeout=10):
-    """The "major.minor.micro" version of QEMU at path, or None when it cannot tell."""
+    """The "major.minor.micro" version of QEMU at path, or None when it cannot tell, within timeout seconds."""
     if not path:
         return None
-    return embedded_version(path) or reported_version(path, timeout)
+    deadline = time.monotonic() + timeout
+    return embedded_version(path, timeout) or reported_version(path, max(deadline - time.monotonic(), 0.1))
 
 
 def reported_version(path, timeout=10):
@@ -130,6 +175,7 @@ def reported_version(path, timeout=10):
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env=minimal_environment(),
             timeout=timeout,
             check=False,
         )

@@ -17,6 +17,7 @@ __metaclass__ = type
 import errno
 import json
 import socket
+import struct
 import time
 from collections import deque
 
@@ -64,8 +65,11 @@ def _remaining(deadline):
 class QMPClient:
     """One QMP connection: ``connect()``, then ``execute()`` and ``wait_event()``."""
 
-    def __init__(self, path):
+    def __init__(self, path, peer_pid=None):
         self.path = path
+        # The socket lies in a directory QEMU's account can write: it could put another
+        # socket there. Nothing is sent until the kernel says the peer is our QEMU.
+        self.peer_pid = peer_pid
         self.greeting = None
         self._sock = None
         self._buffer = b""
@@ -93,6 +97,7 @@ class QMPClient:
             try:
                 sock.settimeout(max(_remaining(deadline), 0.001))
                 sock.connect(self.path)
+                self._check_peer(sock)
                 return sock
             except socket.timeout:
                 sock.close()
@@ -106,6 +111,14 @@ class QMPClient:
             if _remaining(deadline) <= 0:
                 raise QMPTimeout("%s: QMP socket did not appear in time" % self.path)
             time.sleep(_CONNECT_RETRY)
+
+    def _check_peer(self, sock):
+        if self.peer_pid is None:
+            return
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        if pid != self.peer_pid:
+            sock.close()
+            raise QMPError("%s: the socket belongs to process %d, not to QEMU (%d); refusing to talk to it" % (self.path, pid, self.peer_pid))
 
     def close(self):
         if self._sock is not None:

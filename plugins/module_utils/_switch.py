@@ -20,8 +20,12 @@ import time
 
 __all__ = [
     "ChildError",
+    "SAFE_PATH",
+    "minimal_environment",
     "run_in_child",
 ]
+
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 _READ_CHUNK = 65536
 # A child that closed its pipe is exiting: look often at first, then back off.
@@ -88,9 +92,11 @@ def _switch_error(account, exc):
     return ChildError("could not switch to account %s (uid %d): %s" % (account.name, account.uid, reason))
 
 
-def _answer(func, account):
+def _answer(func, account, prepare=None):
     """The JSON bytes to send back: the result, or a one-line error."""
     try:
+        if prepare is not None:
+            prepare()  # still as root: what QEMU's launcher would set up before starting it
         if account is not None:
             try:
                 _become(account)
@@ -104,10 +110,21 @@ def _answer(func, account):
             return _FALLBACK_ERROR
 
 
-def _child_main(write_fd, func, account, timeout):
+def minimal_environment(home="/"):
+    """The whole environment a child of root starts with: nothing of root's (HOME, PATH, proxies, locale)."""
+    return {"PATH": SAFE_PATH, "HOME": home, "LC_ALL": "C"}
+
+
+def _reset_environment():
+    os.environ.clear()
+    os.environ.update(minimal_environment())
+
+
+def _child_main(write_fd, func, account, timeout, prepare):
     _arm_guards(timeout)
     _close_inherited(write_fd)
-    data = _answer(func, account)
+    _reset_environment()
+    data = _answer(func, account, prepare)
     while data:
         data = data[os.write(write_fd, data):]
 
@@ -198,13 +215,16 @@ def _collect(pid, read_fd, timeout, what):
     return data, status
 
 
-def run_in_child(func, account=None, timeout=10.0, what="probe"):
-    """Call func() in a fork (as account when given); return its JSON-able result or raise ChildError."""
+def run_in_child(func, account=None, timeout=10.0, what="probe", prepare=None):
+    """Call func() in a fork (as account when given); return its JSON-able result or raise ChildError.
+
+    prepare(), when given, runs in the child before the switch to account, as root.
+    """
     pid, read_fd, write_fd = _fork_with_pipe(what)
     if pid == 0:
         try:
             os.close(read_fd)
-            _child_main(write_fd, func, account, timeout)
+            _child_main(write_fd, func, account, timeout, prepare)
         finally:
             os._exit(0)
     os.close(write_fd)

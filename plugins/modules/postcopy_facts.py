@@ -29,8 +29,10 @@ options:
   probe_user:
     description:
       - The account QEMU runs as, by name or numeric uid.
-      - V(auto) takes C(user) from C(/etc/libvirt/qemu.conf) when set, else the first existing
-        of C(qemu) and C(libvirt-qemu), else the module's own account.
+      - V(auto) takes C(user) from C(/etc/libvirt/qemu.conf) when set (a name, or libvirt's C(+N) numeric
+        form), else the first existing of C(qemu) and C(libvirt-qemu), else the module's own account.
+        A C(user) that names no account on the host, or a C(qemu.conf) libvirt could not parse, fails
+        the task naming the file and line; it never falls back to root.
         RV(ansible_facts.postcopy.probe_user) says which account was used and why.
       - Switching accounts needs root; without root the module probes as itself and warns.
     type: str
@@ -53,7 +55,10 @@ options:
       - V(auto) looks for C(qemu-system-<arch>) in the system binary directories, then
         C(/usr/libexec/qemu-kvm). When none is found the host is judged as for current QEMU,
         and the C(note) in RV(ansible_facts.postcopy.qemu) says so.
-      - Otherwise an absolute path to a regular executable file that is not writable by every account.
+      - Otherwise an absolute path to a regular executable file.
+      - The binary and every directory above it must be owned by root (or the module's account) and not
+        writable by group or others (sticky directories such as C(/tmp) allowed), because root reads it
+        and may run it (C(--version), when it carries no version banner); it is judged by its real path.
     type: str
     default: auto
     version_added: 1.0.0
@@ -73,6 +78,22 @@ options:
       - V(cffi) fails when C(_cffi_backend) is missing; V(ctypes) needs nothing beyond the standard library.
     type: str
     choices: [auto, cffi, ctypes]
+    default: auto
+    version_added: 1.0.0
+  launcher:
+    description:
+      - What starts QEMU on this host, which decides how QEMU gets userfaultfd.
+      - V(libvirt) reads C(/etc/libvirt/qemu.conf) with libvirt's own grammar and libvirt's version
+        (from its QEMU driver daemon). libvirt 10.1 and newer make C(/dev/userfaultfd) in each domain's
+        private C(/dev), owned by QEMU's account; the probe child then makes the same node in a mount
+        namespace of its own and opens it as QEMU's account, so the kernel answers for that node.
+        The host's C(/dev/userfaultfd) is never touched.
+      - V(qemu) judges a bare QEMU started by hand or by another tool as QEMU's account, with the host's
+        C(/dev/userfaultfd) as it is.
+      - V(auto) is V(libvirt) when C(virtqemud) or C(libvirtd) is installed in C(/usr/sbin), else V(qemu).
+      - RV(ansible_facts.postcopy.launcher) says what was found and how QEMU would open userfaultfd.
+    type: str
+    choices: [auto, libvirt, qemu]
     default: auto
     version_added: 1.0.0
   timeout:
@@ -255,6 +276,37 @@ ansible_facts:
           returned: always
           type: dict
           sample: {"binary": /usr/bin/qemu-system-x86_64, "version": "7.2.22", "uses_device": false, "note": null}
+        launcher:
+          description:
+            - What starts QEMU (C(kind) V(libvirt) or V(qemu)) and why (C(source)); for libvirt its C(daemon) and C(version).
+            - C(config) is C(/etc/libvirt/qemu.conf) as read (C(state) V(read), V(absent) or V(refused), C(errors) one line each);
+              C(settings) holds C(user), C(group), C(namespaces), C(cgroup_device_acl), C(dynamic_ownership), C(security_driver)
+              and C(seccomp_sandbox), each with its C(value) and C(source) (a file and line, or V(compiled default)).
+            - C(device_path) says how QEMU would open userfaultfd, C(kind) one of V(libvirt_private_dev), V(host_node), V(none),
+              with a C(reason); C(blocked_by) is the cause id when the launcher keeps a node from QEMU; C(host_grant_helps) says
+              whether a grant of the host's node (a udev rule) can reach QEMU; C(libvirt_grants) that libvirt already gives it one.
+              For V(libvirt_private_dev), C(reproduced) says whether the probe made that node and opened it, and C(error) why not.
+            - C(not_reproduced) names confinement the probe cannot take on (an enforcing SELinux or AppArmor label for QEMU).
+          returned: always
+          type: dict
+          sample:
+            kind: libvirt
+            source: "auto: /usr/sbin/virtqemud is installed"
+            daemon: /usr/sbin/virtqemud
+            version: "11.3.0"
+            config: {"path": /etc/libvirt/qemu.conf, "state": read, "errors": []}
+            settings:
+              user: {"value": libvirt-qemu, "source": compiled default}
+              namespaces: {"value": [mount], "source": compiled default}
+            device_path:
+              kind: libvirt_private_dev
+              reason: libvirt 11.3.0 makes /dev/userfaultfd in the domain's private /dev, owned by QEMU's account
+              blocked_by: null
+              host_grant_helps: false
+              libvirt_grants: true
+              reproduced: true
+              error: null
+            not_reproduced: []
         causes:
           description: One entry per missing feature and cause, with a C(detail) and a one-line C(remedy).
           returned: always
@@ -283,6 +335,7 @@ from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import AccountError
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import CFFI_IMPORT_ERROR, HAS_CFFI, BackendUnavailable
+from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import LAUNCHER_CHOICES
 from ansible_collections.hypervisor.migration.plugins.module_utils._options import new_module, one_line, range_error, text_error
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import QemuBinaryError
 from ansible_collections.hypervisor.migration.plugins.module_utils._switch import ChildError
@@ -294,6 +347,7 @@ ARGUMENT_SPEC = dict(
     qemu_binary=dict(type="str", default="auto"),
     target_page_size=dict(type="int", default=4096),
     ffi_backend=dict(type="str", choices=["auto", "cffi", "ctypes"], default="auto"),
+    launcher=dict(type="str", choices=list(LAUNCHER_CHOICES), default="auto"),
     timeout=dict(type="int", default=10),
 )
 

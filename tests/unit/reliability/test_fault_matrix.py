@@ -388,7 +388,9 @@ def test_canary_module_killed_mid_migration(ctx, tmp_path):
         assert run.left_processes == [] and run.events[-1]["event"] == "idle"
         # What the module cannot clean up once killed outright: its private work dir, and nothing else.
         assert len(run.left_files) == 1 and run.left_files[0].startswith("postcopy-canary-")
-        assert os.stat(os.path.join(canary.tmpdir, run.left_files[0])).st_mode & 0o777 == 0o700
+        left = os.path.join(canary.tmpdir, run.left_files[0])
+        # Root's dir (0711) holding QEMU's own (0700): nothing in it another account could list or change.
+        assert os.stat(left).st_mode & 0o777 == 0o711 and os.stat(os.path.join(left, "qemu")).st_mode & 0o777 == 0o700
     finally:
         fault_kit.shutil.rmtree(canary.tmpdir, ignore_errors=True)
 

@@ -119,7 +119,8 @@ def binary_valid(value):
         info = os.stat(value)
     except (OSError, ValueError):
         return False
-    return stat.S_ISREG(info.st_mode) and bool(info.st_mode & 0o111) and not info.st_mode & stat.S_IWOTH
+    # Not writable by group or others, like every directory above it (the fixture's directories are root's 0755).
+    return stat.S_ISREG(info.st_mode) and bool(info.st_mode & 0o111) and not info.st_mode & (stat.S_IWOTH | stat.S_IWGRP)
 
 
 def ansible_int_trap(value):
@@ -400,8 +401,9 @@ def test_postcopy_canary_option(option, binaries, root_only):
     def one(case, check_mode):
         name, value = case
         verdict = CANARY_ORACLE[name](value) if name in CANARY_ORACLE else False
-        if name == "qemu_binary" and verdict and value != "auto" and not x86_by_name(value):
-            verdict = False  # the canary's guest is x86 code: a QEMU not named for x86 is refused before anything runs
+        if name == "qemu_binary" and verdict and value != "auto" and not x86_by_name(os.path.realpath(value)):
+            # The canary's guest is x86 code: a QEMU whose real path is not named for x86 is refused before anything runs.
+            verdict = False
         if verdict is not False and not check_mode:
             return  # an accepted value would start two real QEMUs: check mode shows what would run
         answer, counts = run(postcopy_canary.main, {name: value, "_ansible_check_mode": check_mode})

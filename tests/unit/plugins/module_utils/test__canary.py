@@ -281,8 +281,8 @@ def test_command_lines_differ_only_by_incoming(root):
     assert destination[-2:] == ["-incoming", "defer"]
     assert "-incoming" not in source
     assert [a for a in destination[:-2] if "qmp" not in a] == [a for a in source if "qmp" not in a]
-    assert "unix:/w/source.qmp,server=on,wait=off" in source
-    assert "unix:/w/destination.qmp,server=on,wait=off" in destination
+    assert "unix:/w/qemu/source.qmp,server=on,wait=off" in source
+    assert "unix:/w/qemu/destination.qmp,server=on,wait=off" in destination
     unsandboxed = _canary.qemu_command(settings._replace(sandbox=False), "source", "/w")
     assert "-sandbox" not in unsandboxed
 
@@ -294,7 +294,7 @@ def test_planned_facts_start_nothing(canary_tmp, root):
     assert facts["ok"] is None
     assert facts["status"] == "none"
     assert facts["commands"]["destination"][-2:] == ["-incoming", "defer"]
-    assert "unix:<workdir>/source.qmp,server=on,wait=off" in facts["commands"]["source"]
+    assert "unix:<workdir>/qemu/source.qmp,server=on,wait=off" in facts["commands"]["source"]
     assert facts["qemu_version"].count(".") == 2
     assert os.listdir(canary_tmp) == []
 
@@ -364,6 +364,7 @@ def test_qemu_runs_as_the_account_in_its_own_group_with_signals_unblocked(canary
         for role, process in self.workspace.processes.items():
             seen[role] = (_proc_status(process.pid), os.getpgid(process.pid), process.pid)
             seen["workdir"] = os.stat(self.workspace.path)
+            seen["qemu_dir"] = os.stat(self.workspace.qemu_dir)
         return enable(self, uri)
 
     monkeypatch.setattr(_canary._Canary, "_enable_postcopy", look_then_enable)
@@ -380,8 +381,9 @@ def test_qemu_runs_as_the_account_in_its_own_group_with_signals_unblocked(canary
         for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
             assert not blocked & (1 << (signum - 1)), "QEMU inherited a blocked %s" % signum.name
         assert status["Seccomp"] == "2"  # -sandbox on
-    workdir = seen["workdir"]
-    assert (workdir.st_uid, workdir.st_gid, stat.S_IMODE(workdir.st_mode)) == (nobody.uid, nobody.gid, 0o700)
+    workdir, qemu_dir = seen["workdir"], seen["qemu_dir"]
+    assert (workdir.st_uid, workdir.st_gid, stat.S_IMODE(workdir.st_mode)) == (0, 0, 0o711)
+    assert (qemu_dir.st_uid, qemu_dir.st_gid, stat.S_IMODE(qemu_dir.st_mode)) == (nobody.uid, nobody.gid, 0o700)
 
 
 @needs_qemu

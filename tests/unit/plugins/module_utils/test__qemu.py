@@ -51,7 +51,8 @@ def test_unparsable_version_is_none(tmp_path):
         (lambda d: str(d / "absent"), "No such file or directory"),
         (str, "is not a regular file"),
         (lambda d: _make(d, 0o644), "is not executable"),
-        (lambda d: _make(d, 0o777), "writable by every account"),
+        (lambda d: _make(d, 0o777), "is writable by accounts other than root \\(mode 0777\\); refusing to read or run it as root"),
+        (lambda d: _make(d, 0o775), "is writable by accounts other than root \\(mode 0775\\)"),
     ],
 )
 def test_unsafe_binaries_are_refused(tmp_path, setup, message):
