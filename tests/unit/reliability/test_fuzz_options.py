@@ -433,6 +433,8 @@ def _role_verdict(spec, value):
     if spec.get("choices") and kind == "str":
         return choice_of(spec["choices"])(value)
     if kind == "list":
+        if isinstance(value, bool) and not spec.get("choices"):
+            return None  # ansible-core makes it ["True"]; validate.yml then refuses it as no absolute path
         if isinstance(value, (dict, bool)) or value is None:
             return None if value is None else False
         if spec.get("choices") and isinstance(value, list):
@@ -490,6 +492,8 @@ ROLE_BAD_VALUES = [
     ("postcopy_grant_access", "everything"),
     ("postcopy_memory_backends", ["anonymous", "ram"]),
     ("postcopy_consumers", ["nova", "glance"]),
+    ("postcopy_nova_conflicts", "ignore"),
+    ("postcopy_nova_config_dirs", {"dir": "/etc/nova/nova.conf.d"}),
     ("postcopy_canary", [1, 2]),
 ]
 

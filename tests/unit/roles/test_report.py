@@ -53,6 +53,8 @@ all:
     postcopy_consumers: [local_facts, nova]
     postcopy_fact_path: "{out}/{{{{ inventory_hostname }}}}/facts.d"
     postcopy_nova_conf_dir: "{out}/{{{{ inventory_hostname }}}}/nova.conf.d"
+    postcopy_nova_config_files: []
+    postcopy_nova_config_dirs: ["{{{{ postcopy_nova_conf_dir }}}}"]
     postcopy_report: "{out}/report/postcopy.html"
   children:
     rack1:

@@ -48,6 +48,8 @@ PLAYBOOK = """\
       vars:
         postcopy_consumers: [local_facts, nova]
         postcopy_nova_conf_dir: "{nova_dir}"
+        postcopy_nova_config_files: ["{nova_conf}"]
+        postcopy_nova_config_dirs: ["{nova_dir}"]
         postcopy_fact_path: "{fact_dir}"
         postcopy_probe_user: "{{{{ probe_user }}}}"
 """
@@ -164,7 +166,7 @@ def setup_run(tmp_path):
     nova_dir, fact_dir = make_tree(top)
     playbook = str(tmp_path / "playbook.yml")
     with open(playbook, "w") as handle:
-        handle.write(PLAYBOOK.format(nova_dir=nova_dir, fact_dir=fact_dir))
+        handle.write(PLAYBOOK.format(nova_dir=nova_dir, fact_dir=fact_dir, nova_conf=os.path.join(top, "etc", "nova", "nova.conf")))
     env = dict(os.environ)
     env["ANSIBLE_COLLECTIONS_PATH"] = collections_path()
     env["ANSIBLE_LOCAL_TEMP"] = str(tmp_path / "ansible-tmp")
