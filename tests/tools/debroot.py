@@ -59,7 +59,8 @@ COMPLETE = ".hvm-root-complete"
 
 # minbase is essential packages plus apt; debootstrap installs Depends, not Recommends.
 # dbus: systemd-container (pulled in by libvirt) fails to configure without it.
-PACKAGES = ("qemu-system-x86", "libvirt-daemon-system", "libvirt-clients", "dbus")
+# python3: the collection's modules run inside a root (with the root as /) as on a managed host.
+PACKAGES = ("qemu-system-x86", "libvirt-daemon-system", "libvirt-clients", "dbus", "python3")
 SUITES = {
     # Debian 13 splits QEMU's OpenGL and SPICE modules into packages of their own. QEMU loads
     # every module it was built with when asked for its types (libvirt's capability probe does),

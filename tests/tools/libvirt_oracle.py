@@ -179,7 +179,7 @@ def main(argv=None):
     try:
         root = debroot.ensure_root(args.suite)
         emulator, extra = foreign_qemu(debroot.ensure_root(args.qemu_from)) if args.qemu_from else (None, {})
-        with LibvirtRoot(root, qemu_conf=_settings(args.set) if args.set else None, **extra) as libvirt:
+        with LibvirtRoot(root, qemu_conf=settings_from_pairs(args.set) if args.set else None, **extra) as libvirt:
             verdict = ask_libvirt(libvirt, emulator=emulator)
     except (LibvirtError, debroot.RootError) as exc:
         print("libvirt_oracle.py: error: %s" % exc, file=sys.stderr)
