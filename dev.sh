@@ -29,8 +29,9 @@ PYTHON=${PYTHON:-python3}
 # Debian packages the tests use: QEMU is the oracle for post-copy support, libseccomp wraps an
 # interpreter in a filter that denies userfaultfd, chromium renders reports, passwd has useradd,
 # ansible-test sanity runs shellcheck on shell scripts, libvirt0 (the library alone, no daemon) is
-# the oracle for libvirt's configuration file grammar.
-APT_PACKAGES=(qemu-system-x86 qemu-utils python3-seccomp libseccomp2 chromium fonts-liberation passwd shellcheck libvirt0)
+# the oracle for libvirt's configuration file grammar, debootstrap makes the Debian 12 and 13 roots
+# whose libvirt and QEMU the agreement stage runs (tests/tools/debroot.py, cached in /var/cache).
+APT_PACKAGES=(qemu-system-x86 qemu-utils python3-seccomp libseccomp2 chromium fonts-liberation passwd shellcheck libvirt0 debootstrap)
 
 # Unprivileged account the unit and integration tests switch to.
 export HVM_TEST_USER=hvm-probe-test

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # -*- coding: utf-8 -*-
 # Copyright: contributors to hypervisor.migration
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -11,6 +11,7 @@ other account)::
     python3 tests/tools/debroot.py ensure trixie      # prints the root's path, builds it when missing
     python3 tests/tools/debroot.py qemu trixie        # prints a wrapper that runs the root's QEMU
     python3 tests/tools/debroot.py list
+    python3 tests/tools/debroot.py prune              # removes roots of older recipes
 
 A root's directory name carries a hash of what went into it (suite, packages, variant, mirror,
 debootstrap's version, this file's layout version), so a change builds a new root beside the
@@ -288,6 +289,23 @@ def qemu_wrapper(suite, root=None):
     return path
 
 
+def prune():
+    """Remove complete roots that no current recipe names; the paths removed."""
+    if os.geteuid() != 0:
+        raise RootError("removing Debian roots needs root")
+    current = {os.path.basename(root_path(suite)) for suite in SUITES}
+    removed = []
+    for name in sorted(os.listdir(ROOTS)) if os.path.isdir(ROOTS) else ():
+        path = os.path.join(ROOTS, name)
+        if name in current or not is_complete(path):
+            continue
+        with _locked(os.path.join(ROOTS, ".%s.lock" % name)):
+            shutil.rmtree(path)
+        os.unlink(os.path.join(ROOTS, ".%s.lock" % name))
+        removed.append(path)
+    return removed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="debroot.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -297,6 +315,7 @@ def main(argv=None):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("suite", choices=sorted(SUITES))
     sub.add_parser("list", help="the roots on this machine")
+    sub.add_parser("prune", help="remove the roots no suite's current recipe names (older package lists or layouts)")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
@@ -304,6 +323,10 @@ def main(argv=None):
                 path = os.path.join(ROOTS, name)
                 if is_complete(path):
                     print(path)
+            return 0
+        if args.command == "prune":
+            for path in prune():
+                print("removed %s" % path)
             return 0
         if args.command == "path":
             print(root_path(args.suite))

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # -*- coding: utf-8 -*-
 # Copyright: contributors to hypervisor.migration
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -31,7 +31,6 @@ import re
 import stat
 import sys
 import time
-import uuid
 from typing import NamedTuple, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -145,7 +144,7 @@ def _qemu_stderr(libvirt, name):
 
 def ask_libvirt(libvirt, emulator=None, memory_mib=64):
     """Start a paused incoming domain, ask its QEMU for post-copy, destroy it; a LibvirtVerdict."""
-    name = "hvm-oracle-%s" % uuid.uuid4().hex[:8]
+    name = libvirt.domain_name("oracle")
     start = time.monotonic()
     created = libvirt.virsh("create", "/proc/self/fd/0", "--paused", input=domain_xml(name, emulator, memory_mib), check=False)
     if created.returncode != 0:

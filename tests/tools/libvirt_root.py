@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # -*- coding: utf-8 -*-
 # Copyright: contributors to hypervisor.migration
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -35,15 +35,18 @@ CLI for manual use::
 import argparse
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -168,22 +171,37 @@ def _node_state(path):
     return (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode))
 
 
-def _remove_new_cgroups(before):
-    """rmdir the cgroup directories that appeared since (deepest first); those left are returned."""
+def _remove_new_cgroups(before, tag):
+    """rmdir the cgroups libvirt made for this run's domains, and its partition when now empty.
+
+    Other runs on the machine (this suite's or anyone's libvirt) make cgroups at the same time:
+    only directories named after this run's domains (their names carry ``tag``) are ours; an
+    empty new ``machine`` partition is removed too (the kernel refuses while a cgroup is in use).
+    Returns this run's directories that could not be removed.
+    """
     left = []
     for path in sorted(_cgroup_dirs() - before, key=lambda p: p.count("/"), reverse=True):
+        ours = tag in path
+        if not ours and os.path.basename(path) != "machine":
+            continue
         try:
             os.rmdir(path)
         except OSError:
-            left.append(path)
+            if ours:
+                left.append(path)
     return left
 
 
 def _restore_nodes(saved):
+    """Put back nodes libvirt gave to another owner (its DAC driver chowns; it never only chmods).
+
+    Other test runs on the machine change these nodes' mode and group at the same time; a node
+    whose owner did not change is theirs to restore.
+    """
     changed = []
     for path, state in saved.items():
         now = _node_state(path)
-        if state is None or now == state:
+        if state is None or now is None or now[0] == state[0]:
             continue
         changed.append({"path": path, "was": state, "found": now})
         os.chown(path, state[0], state[1])
@@ -348,8 +366,11 @@ class LibvirtRoot:
         self.timeout = timeout
         self.host_changes = []
         self.cgroups_left = []
+        self.tag = uuid.uuid4().hex[:8]
+        self._domains = itertools.count(1)
         self._proc = None
         self._init_pid = None
+        self._ns = None
         self._staging = None
         self._log = None
         self._cgroups = set()
@@ -395,15 +416,17 @@ class LibvirtRoot:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
             start_new_session=True, env={"PATH": PATH, "LC_ALL": "C"})
         try:
-            line = self._proc.stdout.readline().decode(errors="replace").strip()
+            ready, _, _ = select.select([self._proc.stdout], [], [], self.timeout)
+            line = self._proc.stdout.readline().decode(errors="replace").strip() if ready else "(no answer in %ss)" % self.timeout
         finally:
             os.unlink(spec_path)
         if line != READY:
-            raise LibvirtError("libvirt's namespace did not come up: %s" % self.log_text())
+            raise LibvirtError("libvirt's namespace did not come up: %s %s" % (line, self.log_text()))
         children = _children(self._proc.pid)
         if len(children) != 1:
             raise LibvirtError("cannot find the namespace's init below unshare (%s)" % children)
         self._init_pid = children[0]
+        self._ns = _pid_ns(self._init_pid)
         self._wait_for_daemon()
 
     def _wait_for_daemon(self):
@@ -436,7 +459,7 @@ class LibvirtRoot:
         finally:
             self._proc = None
             self._wait_ns_empty()
-            self.cgroups_left = _remove_new_cgroups(self._cgroups) if self._cgroups else []
+            self.cgroups_left = _remove_new_cgroups(self._cgroups, self.tag) if self._cgroups else []
             self.host_changes = _restore_nodes(self._nodes)
             if self._staging:
                 with contextlib.suppress(OSError):
@@ -447,7 +470,7 @@ class LibvirtRoot:
         """The pid namespace's processes (QEMU included) are killed with its init; wait until gone."""
         if not self._init_pid:
             return
-        ns = getattr(self, "_ns", None)
+        ns = self._ns
         deadline = time.monotonic() + 10
         while ns and _processes_in_ns(ns) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -459,6 +482,10 @@ class LibvirtRoot:
             self.virsh("destroy", name, check=False)
 
     # -- inside
+
+    def domain_name(self, purpose):
+        """A name for a domain of this run: its cgroups are found (and removed) by it."""
+        return "hvm-%s-%s-%d" % (purpose, self.tag, next(self._domains))
 
     @property
     def init_pid(self):
@@ -490,7 +517,6 @@ class LibvirtRoot:
         """Run argv inside the root's mount namespace, with the root as /."""
         if not self._init_pid:
             raise LibvirtError("libvirt is not running")
-        self._ns = self.pid_ns
         cmd = ["nsenter", "-t", str(self._init_pid), "-m", "-p", "-r", "-w"] + list(argv)
         proc = subprocess.run(cmd, input=input, capture_output=True, text=True, env={"PATH": PATH, "LC_ALL": "C"},
                               timeout=timeout or self.timeout, check=False)
@@ -533,8 +559,8 @@ def main(argv=None):
     try:
         root = debroot.ensure_root(args.suite)
         with LibvirtRoot(root, qemu_conf=settings_from_pairs(args.set) if args.set else None) as libvirt:
-            print("%s %s (libvirt %s, QEMU %s), init pid %d" % (libvirt.daemon, args.suite, libvirt.libvirt_version,
-                                                               libvirt.qemu_version, libvirt.init_pid), file=sys.stderr)
+            about = (libvirt.daemon, args.suite, libvirt.libvirt_version, libvirt.qemu_version, libvirt.init_pid)
+            print("%s %s (libvirt %s, QEMU %s), init pid %d" % about, file=sys.stderr)
             if args.command:
                 proc = libvirt.virsh(*args.command, check=False)
                 sys.stdout.write(proc.stdout)

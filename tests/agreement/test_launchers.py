@@ -1,0 +1,219 @@
+# -*- coding: utf-8 -*-
+# Copyright: contributors to hypervisor.migration
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Real QEMU 10.0 and real libvirt 11.3 (Debian 13) and libvirt 9.0 with QEMU 7.2 (Debian 12), asked
+for post-copy on this host: bare QEMU 10 through its root's loader, and QEMU as libvirt starts it.
+
+The Debian roots are built with debootstrap the first time (a few minutes) and cached under
+/var/cache/hypervisor-migration. Every test leaves the host as it found it: no daemon, no QEMU,
+no mount, no cgroup, the sysctl and the node's owner and mode.
+
+    PYTHONPATH=.build/collections .venv/bin/pytest tests/agreement/test_launchers.py
+"""
+
+import os
+import re
+import time
+
+import debroot
+import hostctl
+import libvirt_root
+import pytest
+import qemu_oracle
+from launcher_conditions import DEVICE_VIEWS, LAUNCHER_CONDITIONS, SUITE_VERSIONS
+from libvirt_oracle import ask_libvirt, domain_xml
+from libvirt_root import LibvirtError, LibvirtRoot
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TABLE = os.path.join(HERE, "LAUNCHERS.md")
+MOUNT_MARKS = ("hvm-libvirt", debroot.ROOTS)
+
+
+@pytest.fixture(scope="session")
+def roots():
+    """{suite: root}; built once per machine. Needs root (debootstrap, namespaces, mounts)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: builds Debian roots and runs libvirt in its own namespaces")
+    try:
+        return {suite: debroot.ensure_root(suite) for suite in sorted(debroot.SUITES)}
+    except debroot.RootError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def qemu10(roots):
+    return debroot.qemu_wrapper("trixie", roots["trixie"])
+
+
+def _descendants(root_pid):
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % entry) as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found = []
+    for pid in parents:
+        ancestor, seen = parents.get(pid), set()
+        while ancestor and ancestor not in seen:
+            if ancestor == root_pid:
+                found.append(pid)
+                break
+            seen.add(ancestor)
+            ancestor = parents.get(ancestor)
+    return found
+
+
+def _our_mounts():
+    with open("/proc/self/mountinfo") as handle:
+        return [line.strip() for line in handle if any(mark in line for mark in MOUNT_MARKS)]
+
+
+def _node():
+    info = os.stat(hostctl.DEVICE)
+    return info.st_uid, info.st_gid, info.st_mode & 0o7777
+
+
+def _settled(read, expected, seconds=10):
+    """read() once it equals expected, else its last value: other runs may hold a change briefly."""
+    deadline = time.monotonic() + seconds
+    value = read()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = read()
+    return value
+
+
+@pytest.fixture
+def host_untouched():
+    """After the test: no process below pytest, none of our mounts, sysctl and node as before."""
+    sysctl, node = hostctl.read_sysctl(), _node()
+    yield
+    assert _descendants(os.getpid()) == []
+    assert _our_mounts() == []
+    assert _settled(hostctl.read_sysctl, sysctl) == sysctl
+    assert _settled(_node, node) == node
+
+
+def _launcher_kwargs(condition, roots, account):
+    """(LibvirtRoot keywords, emulator) for a condition."""
+    kwargs, emulator = {"qemu_conf": dict(condition.qemu_conf) if condition.qemu_conf else None}, None
+    if condition.account == "conf":
+        kwargs["qemu_conf"] = dict(kwargs["qemu_conf"] or {}, user="+%d" % account.pw_uid, group="+%d" % account.pw_gid)
+    elif condition.account == "remap":
+        kwargs["qemu_account"] = (account.pw_uid, account.pw_gid)
+    if condition.qemu_from:
+        emulator, extra = libvirt_root.foreign_qemu(roots[condition.qemu_from])
+        kwargs.update(extra)
+    return kwargs, emulator
+
+
+def _expected_ids(condition, roots, account):
+    if condition.account:
+        return account.pw_uid, account.pw_gid
+    # Debian's libvirt runs QEMU as libvirt-qemu:libvirt-qemu (its DAC label)
+    uid = libvirt_root.root_account(roots[condition.suite])[0]
+    return uid, uid
+
+
+def _check_device(view, kind, qemu_ids):
+    if kind == "absent":
+        assert not view.present, view
+        return
+    rdev = os.stat(hostctl.DEVICE).st_rdev
+    assert view.present and view.rdev == "%d:%d" % (os.major(rdev), os.minor(rdev)), view
+    owner = qemu_ids if kind == "private" else (0, 0)
+    assert (view.uid, view.gid, view.mode) == owner + (0o600,), view
+
+
+@pytest.mark.parametrize("condition", LAUNCHER_CONDITIONS, ids=lambda c: c.id)
+def test_qemu_answer_under_libvirt(condition, roots, agreement_user, host_untouched):
+    """QEMU started by the condition's libvirt answers post-copy as measured, at sysctl 0 and 1."""
+    kwargs, emulator = _launcher_kwargs(condition, roots, agreement_user)
+    libvirt_version = SUITE_VERSIONS[condition.suite][0]
+    qemu_version = SUITE_VERSIONS[condition.qemu_from or condition.suite][1]
+    ids = _expected_ids(condition, roots, agreement_user)
+    with LibvirtRoot(roots[condition.suite], **kwargs) as libvirt:
+        for sysctl, expected in zip((0, 1), condition.accepted):
+            verdict = hostctl.steady(lambda: ask_libvirt(libvirt, emulator=emulator), sysctl=sysctl, mode=0o600)
+            assert verdict.libvirt_version.startswith(libvirt_version + ".")
+            assert verdict.qemu_version.startswith(qemu_version + "."), verdict
+            assert verdict.qemu_ids == ids
+            _check_device(verdict.device, condition.device, ids)
+            assert verdict.accepted is expected, "sysctl %d: %s" % (sysctl, verdict.message)
+            if not expected:
+                # the syscall QEMU falls back to is refused; QEMU 7.2 says so only on its stderr
+                assert "Operation not permitted" in verdict.message
+    assert libvirt.host_changes == []
+    assert libvirt.cgroups_left == []
+
+
+def test_nothing_left_when_the_block_fails(roots, host_untouched):
+    """A failure inside the block still destroys the domain, stops libvirt and unmounts."""
+    with pytest.raises(RuntimeError, match="inside"):
+        with LibvirtRoot(roots["trixie"]) as libvirt:
+            name = libvirt.domain_name("left")
+            created = libvirt.virsh("create", "/proc/self/fd/0", "--paused", input=domain_xml(name))
+            assert created.returncode == 0
+            assert libvirt.virsh("list", "--name").stdout.split() == [name]
+            assert libvirt.daemon_pid() in _descendants(os.getpid())
+            raise RuntimeError("inside")
+    assert libvirt.cgroups_left == []
+
+
+def test_each_root_uses_its_own_daemon_and_account(roots):
+    """Debian 12 and 13 both start the monolithic libvirtd; QEMU's account has Debian's fixed uid."""
+    for root in roots.values():
+        assert libvirt_root.daemon_for(root) == "libvirtd"
+        assert libvirt_root.root_account(root)[0] == 64055
+        with open(os.path.join(root, "etc/group")) as handle:
+            assert "libvirt-qemu:x:64055:libvirt-qemu\n" in handle.read()
+
+
+def test_qemu_conf_values_that_cannot_be_written_are_refused():
+    with pytest.raises(LibvirtError, match=r'^qemu.conf user: a value with a double quote'):
+        libvirt_root.qemu_conf_text({"user": 'a"b'})
+    assert libvirt_root.qemu_conf_text({"namespaces": [], "seccomp_sandbox": 0, "user": "+5"}).splitlines()[1:] == [
+        "namespaces = []", "seccomp_sandbox = 0", 'user = "+5"']
+
+
+def test_wrapper_reports_qemu10_to_the_modules(qemu10, roots):
+    """postcopy_facts and postcopy_canary take the wrapper as qemu_binary: version via --version, x86 by name."""
+    from ansible_collections.hypervisor.migration.plugins.module_utils import _canary, _qemu
+
+    expected = debroot.upstream_version(debroot.package_version(roots["trixie"], "qemu-system-x86"))
+    assert expected.startswith(SUITE_VERSIONS["trixie"][1] + ".")
+    assert _qemu.embedded_version(qemu10) is None  # the script carries no banner: --version answers
+    assert _qemu.qemu_version(qemu10) == expected
+    assert _qemu.validate_binary(qemu10) == qemu10
+    assert _canary._is_x86_qemu(qemu10)
+    assert os.stat(os.path.dirname(qemu10)).st_uid == 0 and not os.stat(os.path.dirname(qemu10)).st_mode & 0o022
+
+
+@pytest.mark.parametrize("sysctl, mode, accepted", [(0, 0o666, True), (0, 0o600, False), (1, 0o600, True)])
+def test_bare_qemu10_as_an_account(sysctl, mode, accepted, qemu10, agreement_user, host_untouched):
+    """QEMU 10 opens /dev/userfaultfd first and falls back to the syscall: the node's mode decides at sysctl 0."""
+    verdict = hostctl.steady(lambda: qemu_oracle.ask_qemu(user=agreement_user.pw_name, qemu_binary=qemu10),
+                             sysctl=sysctl, mode=mode)
+    assert verdict.qemu_version.startswith(SUITE_VERSIONS["trixie"][1] + ".")
+    assert verdict.accepted is accepted, verdict.message
+    if not accepted:
+        assert verdict.message.endswith("Operation not permitted")
+
+
+def test_launchers_table_matches_the_conditions():
+    """LAUNCHERS.md's table has one row per condition, with the answers the tests assert."""
+    with open(TABLE) as handle:
+        rows = [line for line in handle if line.startswith("| `")]
+    table = {}
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        table[cells[0].strip("`")] = cells
+    assert sorted(table) == sorted(c.id for c in LAUNCHER_CONDITIONS)
+    words = {True: "accepted", False: "refused"}
+    for condition in LAUNCHER_CONDITIONS:
+        cells = table[condition.id]
+        assert [re.sub(r"\W.*", "", cells[3]), re.sub(r"\W.*", "", cells[4])] == [words[a] for a in condition.accepted], cells
+        assert cells[2] == DEVICE_VIEWS[condition.device], cells
