@@ -266,13 +266,22 @@ class LibvirtDomain:
         return log_words(data.decode("utf-8", "replace"))
 
     def stop(self):
-        """Destroy the domain (transient: it is then gone from libvirt) and remove its log."""
+        """Destroy the domain (transient: it is then gone from libvirt) and remove its log.
+
+        A ``virsh create`` cut short by a timeout may still be starting the domain in libvirt:
+        destroy is repeated until libvirt no longer knows the name.
+        """
         if not self._created:
             return
-        try:
-            self._run(["destroy", self.name], _STOP_TIMEOUT)
-        except QMPTimeout:
-            pass
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                self._run(["destroy", self.name], deadline - time.monotonic())
+                if self._run(["domstate", self.name], deadline - time.monotonic()).returncode != 0:
+                    break
+            except QMPTimeout:
+                break
+            time.sleep(_POLL * 10)
         try:
             check_chain(os.path.dirname(self.log_path))
             os.unlink(self.log_path)
