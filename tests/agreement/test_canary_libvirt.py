@@ -30,7 +30,7 @@ from test_launchers import _descendants, _node, _settled, roots  # noqa: F401 (r
 
 CONDITIONS = {condition.id: condition for condition in LAUNCHER_CONDITIONS}
 # (condition, sysctl): the canary's answer must be QEMU's answer under that libvirt
-CASES = [("trixie-defaults", 0), ("trixie-namespaces-off", 0), ("trixie-acl-without-device", 0), ("bookworm-defaults", 0), ("bookworm-defaults", 1)]
+CASES = [("trixie-defaults", 0), ("trixie-acl-without-device", 0), ("bookworm-defaults", 0), ("bookworm-defaults", 1)]
 CANARY_ARGS = "launcher=libvirt accel=tcg memory_mb=64 timeout=240"
 # Where libvirt and the canary would leave something behind, inside the root.
 LEFTOVER_DIRS = ("/tmp", "/var/log/libvirt/qemu", "/run/libvirt/qemu", "/var/lib/libvirt/qemu")
