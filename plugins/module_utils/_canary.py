@@ -316,7 +316,6 @@ def _endpoint(settings, workspace, role):
     return QemuProcess(workspace, role, qemu_command(settings, role, workspace.path), _paths(workspace.path)[role])
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The migration itself.
 

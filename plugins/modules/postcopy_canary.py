@@ -88,7 +88,7 @@ options:
       - Start QEMU with the seccomp sandbox libvirt uses by default
         (C(-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny)),
         so the canary sees what a libvirt-started QEMU sees.
-      - Ignored with O(launcher=libvirt): libvirt applies its own (C(seccomp_sandbox) in C(qemu.conf)).
+      - Ignored with O(launcher=libvirt), where libvirt applies its own (C(seccomp_sandbox) in C(qemu.conf)).
     type: bool
     default: true
     version_added: 1.0.0

@@ -26,8 +26,9 @@ import libvirt_root
 import pytest
 from launcher_conditions import LAUNCHER_CONDITIONS, SUITE_VERSIONS
 from libvirt_root import LibvirtRoot
-from test_launchers import _descendants, _node, _settled, roots  # noqa: F401 (roots: a fixture)
+from test_launchers import _descendants, _node, _settled, roots  # noqa: F401 pylint: disable=unused-import
 
+# roots (imported above) is the fixture of the Debian roots, used by name.
 CONDITIONS = {condition.id: condition for condition in LAUNCHER_CONDITIONS}
 # (condition, sysctl): the canary's answer must be QEMU's answer under that libvirt
 CASES = [("trixie-defaults", 0), ("trixie-acl-without-device", 0), ("bookworm-defaults", 0), ("bookworm-defaults", 1)]
@@ -71,7 +72,7 @@ def _task_result(stdout, stderr=""):
     """The one host's result from ad-hoc output ("localhost | SUCCESS => {...}")."""
     if "=> {" not in stdout:
         raise AssertionError("ansible printed no result: %s %s" % (stdout[-1000:], stderr[-2000:]))
-    status, _, text = stdout.partition("=> ")
+    status, text = stdout.split("=> ", 1)
     result = json.loads(text)
     result["failed"] = "FAILED" in status
     return result
@@ -211,12 +212,12 @@ def test_sigterm_destroys_the_domains(libvirts, tmp_path, host_kept):
             time.sleep(0.1)
         assert libvirt.virsh("list", "--name").stdout.split(), "no domain appeared"
         os.kill(_module_pid(libvirt), signal.SIGTERM)
-        stdout, _stderr = ansible.communicate(timeout=ANSIBLE_TIMEOUT)
+        stdout, stderr = ansible.communicate(timeout=ANSIBLE_TIMEOUT)
     finally:
         if ansible.poll() is None:
             ansible.kill()
             ansible.wait()
-    result = _task_result(stdout, _stderr)
+    result = _task_result(stdout, stderr)
     assert result["failed"] is True, result
     assert result["msg"].startswith("postcopy canary interrupted by SIGTERM")
     assert_nothing_left(libvirt, before)

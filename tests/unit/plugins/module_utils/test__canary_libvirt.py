@@ -124,7 +124,7 @@ PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin \\
 
 def test_qemus_words_are_its_own_lines_in_the_domain_log():
     assert _canary_libvirt.log_words(LOG) == "qemu-system-x86_64: postcopy_ram_supported_by_host: userfaultfd not available: Operation not permitted"
-    assert _canary_libvirt.log_words(LOG.split("2026-12-01T")[0]) is None
+    assert _canary_libvirt.log_words(LOG.split("2026-12-01T", maxsplit=1)[0]) is None
 
 
 def test_a_domain_log_that_is_a_link_is_not_followed(tmp_path):
