@@ -59,8 +59,8 @@ LAYOUT = 2
 COMPLETE = ".hvm-root-complete"
 
 # minbase is essential packages plus apt; debootstrap installs Depends, not Recommends.
-# dbus: systemd-container (pulled in by libvirt) fails to configure without it.
-# python3: the collection's modules run inside a root (with the root as /) as on a managed host.
+# dbus: systemd-container (pulled in by libvirt) fails to configure without it. python3: the
+# collection's facts and canary run inside the root's namespace as on a libvirt host.
 PACKAGES = ("qemu-system-x86", "libvirt-daemon-system", "libvirt-clients", "dbus", "python3")
 SUITES = {
     # Debian 13 splits QEMU's OpenGL and SPICE modules into packages of their own. QEMU loads
@@ -144,7 +144,10 @@ def _run_logged(cmd, log, what, env=None):
 
 
 def _debootstrap(suite, target, log):
-    _run_logged(["debootstrap", "--variant=" + VARIANT, suite, target, MIRROR], log, "debootstrap " + suite)
+    # debootstrap mounts /proc and /sys into the target while it works: in a private mount
+    # namespace those mounts never reach the host, even when it is killed halfway.
+    cmd = ["unshare", "--mount", "--propagation", "private", "debootstrap", "--variant=" + VARIANT, suite, target, MIRROR]
+    _run_logged(cmd, log, "debootstrap " + suite)
 
 
 # The packages go in with the root's own apt, not debootstrap's --include: Debian 12's debootstrap
@@ -307,7 +310,7 @@ def prune():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="debroot.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="debroot.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("ensure", "print the root's path, building it when missing"),
                        ("qemu", "print the path of a wrapper running the root's QEMU"),

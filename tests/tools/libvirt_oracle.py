@@ -168,7 +168,7 @@ def ask_libvirt(libvirt, emulator=None, memory_mib=64):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="libvirt_oracle.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="libvirt_oracle.py", description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=sorted(debroot.SUITES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a qemu.conf setting")
     parser.add_argument("--qemu-from", choices=sorted(debroot.SUITES),

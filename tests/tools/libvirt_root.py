@@ -416,7 +416,7 @@ class LibvirtRoot:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
             start_new_session=True, env={"PATH": PATH, "LC_ALL": "C"})
         try:
-            ready, _, _ = select.select([self._proc.stdout], [], [], self.timeout)
+            ready = select.select([self._proc.stdout], [], [], self.timeout)[0]
             line = self._proc.stdout.readline().decode(errors="replace").strip() if ready else "(no answer in %ss)" % self.timeout
         finally:
             os.unlink(spec_path)
@@ -513,12 +513,16 @@ class LibvirtRoot:
         """The host path of a file inside (through /proc/<init>/root)."""
         return "/proc/%d/root%s" % (self._init_pid, inside)
 
-    def run(self, *argv, input=None, check=True, timeout=None):
-        """Run argv inside the root's mount namespace, with the root as /."""
+    def run(self, *argv, input=None, check=True, timeout=None, env=None):
+        """Run argv inside the root's mount and pid namespaces, with the root as /.
+
+        The root has python3: with the collection in ``binds`` and PYTHONPATH in ``env``, the
+        collection's code runs here as on a host where this libvirt is installed.
+        """
         if not self._init_pid:
             raise LibvirtError("libvirt is not running")
         cmd = ["nsenter", "-t", str(self._init_pid), "-m", "-p", "-r", "-w"] + list(argv)
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, env={"PATH": PATH, "LC_ALL": "C"},
+        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, env=dict(env or {}, PATH=PATH, LC_ALL="C"),
                               timeout=timeout or self.timeout, check=False)
         if check and proc.returncode != 0:
             raise LibvirtError("%s failed: %s" % (" ".join(argv), (proc.stderr or proc.stdout).strip()))
@@ -541,7 +545,7 @@ def settings_from_pairs(pairs):
     """qemu.conf settings from KEY=VALUE strings (JSON for lists and numbers)."""
     settings = {}
     for pair in pairs:
-        key, _, value = pair.partition("=")
+        key, value = pair.split("=", 1) if "=" in pair else (pair, "")
         settings[key] = json.loads(value) if value[:1] in "[0123456789" else value
     return settings
 
