@@ -79,7 +79,7 @@ def _node():
     return info.st_uid, info.st_gid, info.st_mode & 0o7777
 
 
-def _settled(read, expected, also=None, seconds=10):
+def _settled(read, expected, also=None, seconds=30):
     """read() once it equals expected (or also), else its last value: other runs hold changes briefly."""
     deadline = time.monotonic() + seconds
     value = read()
@@ -106,8 +106,9 @@ def host_untouched(resting_host):
     yield
     assert _descendants(os.getpid()) == []
     assert _our_mounts() == []
-    assert _settled(hostctl.read_sysctl, sysctl, also=resting_host[0]) in (sysctl, resting_host[0])
-    assert _settled(_node, node, also=resting_host[1]) in (node, resting_host[1])
+    shared = " (or another test run on this machine holds a change of its own)"
+    assert _settled(hostctl.read_sysctl, sysctl, also=resting_host[0]) in (sysctl, resting_host[0]), "sysctl not restored" + shared
+    assert _settled(_node, node, also=resting_host[1]) in (node, resting_host[1]), "node not restored" + shared
 
 
 def _launcher_kwargs(condition, roots, account):

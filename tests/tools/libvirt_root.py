@@ -346,7 +346,7 @@ def _ns_pid_to_host(ns, ns_pid):
 class LibvirtRoot:
     """libvirt from a Debian root, running on this host until the block ends."""
 
-    def __init__(self, root, qemu_conf=None, qemu_account=None, binds=(), files=None, timeout=60):
+    def __init__(self, root, qemu_conf=None, qemu_account=None, binds=(), files=None, timeout=180):
         """``qemu_conf``: settings for qemu.conf (None: the root's packaged file, all comments).
         ``qemu_account``: (uid, gid) the root's libvirt-qemu account and group get instead of
         theirs, e.g. a host test account's, so a host-side probe can run as the same ids.
@@ -411,8 +411,10 @@ class LibvirtRoot:
             json.dump(self._spec(), handle)
         self._log = tempfile.TemporaryFile(prefix="hvm-libvirt-root-log-")
         self._proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child",
-             sys.executable, os.path.abspath(__file__), "_init", spec_path],
+            # pdeathsig: when this process dies without stop() (a killed test run), unshare is
+            # killed, --kill-child kills the init, and the pid namespace ends with everything in it
+            ["setpriv", "--pdeathsig", "KILL", "unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+             "--kill-child", sys.executable, os.path.abspath(__file__), "_init", spec_path],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log,
             start_new_session=True, env={"PATH": PATH, "LC_ALL": "C"})
         try:
@@ -440,24 +442,16 @@ class LibvirtRoot:
             time.sleep(0.1)
 
     def stop(self):
-        """Destroy every domain, stop the daemon, and undo what it did to the host."""
+        """Destroy every domain, stop the daemon, and undo what it did to the host.
+
+        Whatever fails on the way (a virsh that does not answer), the namespace's processes are
+        killed: SIGKILL to unshare's process group takes its init, and with it every process of
+        the pid namespace, QEMU included.
+        """
         try:
-            if self._proc is not None and self._proc.poll() is None and self._init_pid:
-                self._destroy_domains()
-                with contextlib.suppress(OSError):
-                    os.kill(self._init_pid, signal.SIGTERM)
-                try:
-                    self._proc.wait(timeout=self.timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            if self._proc is not None and self._proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
-            if self._proc is not None:
-                self._proc.stdout.close()
+            self._stop_gracefully()
         finally:
-            self._proc = None
+            self._kill()
             self._wait_ns_empty()
             self.cgroups_left = _remove_new_cgroups(self._cgroups, self.tag) if self._cgroups else []
             self.host_changes = _restore_nodes(self._nodes)
@@ -465,6 +459,27 @@ class LibvirtRoot:
                 with contextlib.suppress(OSError):
                     os.rmdir(self._staging)
             self._staging = None
+
+    def _stop_gracefully(self):
+        if self._proc is None or self._proc.poll() is not None or not self._init_pid:
+            return
+        # destroyed domains let libvirt remove their cgroups; a daemon that does not answer is killed
+        with contextlib.suppress(LibvirtError):
+            self._destroy_domains()
+        with contextlib.suppress(OSError):
+            os.kill(self._init_pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=self.timeout)
+
+    def _kill(self):
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
 
     def _wait_ns_empty(self):
         """The pid namespace's processes (QEMU included) are killed with its init; wait until gone."""
@@ -522,8 +537,11 @@ class LibvirtRoot:
         if not self._init_pid:
             raise LibvirtError("libvirt is not running")
         cmd = ["nsenter", "-t", str(self._init_pid), "-m", "-p", "-r", "-w"] + list(argv)
-        proc = subprocess.run(cmd, input=input, capture_output=True, text=True, env=dict(env or {}, PATH=PATH, LC_ALL="C"),
-                              timeout=timeout or self.timeout, check=False)
+        try:
+            proc = subprocess.run(cmd, input=input, capture_output=True, text=True, env=dict(env or {}, PATH=PATH, LC_ALL="C"),
+                                  timeout=timeout or self.timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise LibvirtError("%s did not finish within %ss" % (" ".join(argv), timeout or self.timeout)) from None
         if check and proc.returncode != 0:
             raise LibvirtError("%s failed: %s" % (" ".join(argv), (proc.stderr or proc.stdout).strip()))
         return proc
