@@ -29,6 +29,13 @@ description:
     reaped and the directory is removed on success, on failure, on timeout, and when the module itself
     gets C(SIGTERM), C(SIGINT) or C(SIGHUP). If the module is killed outright, QEMU dies with it
     (parent-death signal); only the temporary directory C(postcopy-canary-*) may then be left behind.
+  - With O(launcher=libvirt) both QEMUs are transient libvirt domains made from one domain XML (no disk, no NIC,
+    the same firmware image as their ROM), created and driven with C(virsh) only, so that QEMU checks userfaultfd
+    inside libvirt's real confinement (its account, its private C(/dev), its cgroup device ACL, its seccomp sandbox,
+    its security labels). The destination is created paused and waits for the migration with C(-incoming defer).
+    The source is a libvirt domain too, because only a QEMU whose command line libvirt wrote is certain to send a
+    stream the libvirt-made destination can load. The domains are destroyed, and their logs in
+    C(/var/log/libvirt/qemu) removed, on every way out; nothing is defined in libvirt.
   - The module never changes the host and never reports a change.
 author:
   - hypervisor.migration developers (@hypervisor-migration)
@@ -76,9 +83,21 @@ options:
       - Start QEMU with the seccomp sandbox libvirt uses by default
         (C(-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny)),
         so the canary sees what a libvirt-started QEMU sees.
+      - Ignored with O(launcher=libvirt), where libvirt applies its own (C(seccomp_sandbox) in C(qemu.conf)).
     type: bool
     default: true
     version_added: 1.0.0
+  launcher:
+    description:
+      - Who starts the two QEMUs, as in O(hypervisor.migration.postcopy_facts#module:launcher).
+      - V(qemu) starts them as bare processes as O(run_as).
+      - V(libvirt) has libvirt start them as transient domains through C(virsh -c qemu:///system)
+        (C(virsh) from the system binary directories, refused unless root's alone). QEMU then runs as
+        C(qemu.conf)'s C(user); O(run_as) may only name that account.
+      - V(auto) is V(libvirt) when libvirt's QEMU daemon (C(virtqemud) or C(libvirtd)) is installed, else V(qemu).
+    type: str
+    choices: [auto, libvirt, qemu]
+    default: auto
 extends_documentation_fragment:
   - hypervisor.migration.common
 attributes:
@@ -86,8 +105,9 @@ attributes:
     support: partial
     description: Can run in check_mode and return changed status prediction without modifying target.
     details:
-      - Starts nothing and creates nothing; returns the QEMU command lines it would run, with
-        RV(ansible_facts.postcopy_canary.ok) null. The work directory is shown as C(<workdir>).
+      - Starts nothing and creates nothing; returns the QEMU command lines it would run (with O(launcher=libvirt),
+        the C(virsh) commands and the domain XML they read), with RV(ansible_facts.postcopy_canary.ok) null.
+        The work directory is shown as C(<workdir>).
   facts:
     support: full
     description: Returns C(ansible_facts.postcopy_canary).
@@ -95,8 +115,10 @@ notes:
   - Requires Linux and an x86 QEMU. Switching to O(run_as) needs root.
   - The canary starts O(qemu_binary) twice. The guest is x86 machine code, so it must be an x86 QEMU
     (C(qemu-system-x86_64) or C(qemu-system-i386)).
-  - QEMU inherits the module's seccomp filter and LSM label. A QEMU started by libvirt may run under
-    others (an SELinux or AppArmor profile of its own), which this canary does not reproduce.
+  - With O(launcher=qemu), QEMU inherits the module's seccomp filter and LSM label. A QEMU started by libvirt may run
+    under others (an SELinux or AppArmor profile of its own), which only O(launcher=libvirt) reproduces.
+  - With O(launcher=libvirt), if the module is killed outright (C(SIGKILL)) the two transient domains
+    C(postcopy-canary-*-source) and C(-destination) keep running until C(virsh destroy); any other way out destroys them.
   - Uses a QMP client of its own (standard library only); QEMU's Python packages are not needed.
 requirements:
   - Python 3.8 or newer on the managed host.
@@ -122,6 +144,11 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: post-copy can be enabled on this host
   when: ansible_facts.postcopy_canary.ok
+
+- name: Ask QEMU as libvirt starts it (its account, private /dev, cgroups, seccomp sandbox, labels)
+  hypervisor.migration.postcopy_canary:
+    launcher: libvirt
+  become: true
 
 - name: Confirm the facts' verdict with QEMU, under TCG, as libvirt's account
   hypervisor.migration.postcopy_canary:
@@ -210,8 +237,13 @@ ansible_facts:
           returned: always
           type: float
           sample: 1414.3
+        launcher:
+          description: Who started the QEMUs, V(qemu) (bare processes) or V(libvirt) (transient domains); O(launcher=auto) resolved.
+          returned: always
+          type: str
+          sample: libvirt
         qemu_binary:
-          description: The QEMU binary started.
+          description: The QEMU binary started (with O(launcher=libvirt), the domains' C(<emulator>)).
           returned: always
           type: str
           sample: /usr/bin/qemu-system-x86_64
@@ -231,7 +263,7 @@ ansible_facts:
           type: int
           sample: 256
         sandbox:
-          description: Whether QEMU ran with libvirt's seccomp sandbox options.
+          description: Whether QEMU ran with libvirt's seccomp sandbox options (with O(launcher=libvirt), C(seccomp_sandbox) of C(qemu.conf) not 0).
           returned: always
           type: bool
           sample: true
@@ -241,18 +273,27 @@ ansible_facts:
           type: dict
           sample: {"name": "libvirt-qemu", "uid": 64055, "gid": 994, "groups": [994, 993], "source": "auto", "reason": "account libvirt-qemu exists"}
         commands:
-          description: The QEMU command lines, as lists, keyed C(source) and C(destination); empty when QEMU was never started.
+          description:
+            - The QEMU command lines, as lists, keyed C(source) and C(destination); empty when QEMU was never started.
+            - With O(launcher=libvirt), the C(virsh create) command lines (the domain XML goes to their standard input).
           returned: always
           type: dict
           sample:
             source: [/usr/bin/qemu-system-x86_64, -accel, kvm, -m, "256", -display, none, -nodefaults, "..."]
             destination: [/usr/bin/qemu-system-x86_64, -accel, kvm, "...", -incoming, defer]
+        domains:
+          description: With O(launcher=libvirt), the transient domains' XML keyed C(source) and C(destination); empty otherwise.
+          returned: always
+          type: dict
+          sample:
+            destination: "<domain type='qemu' ...><name>postcopy-canary-k2j4x9qa-destination</name>...</domain>"
 """
 
 import traceback
 
 from ansible_collections.hypervisor.migration.plugins.module_utils._canary import (
     ACCEL_CHOICES,
+    LAUNCHER_CHOICES,
     CanaryError,
     CanaryInterrupted,
     make_settings,
@@ -268,6 +309,7 @@ ARGUMENT_SPEC = dict(
     memory_mb=dict(type="int", default=256),
     timeout=dict(type="int", default=60),
     sandbox=dict(type="bool", default=True),
+    launcher=dict(type="str", choices=list(LAUNCHER_CHOICES), default="auto"),
 )
 
 

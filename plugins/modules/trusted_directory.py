@@ -43,10 +43,14 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+    description: Can run in check_mode and return changed status prediction without modifying target.
     details: Reports which directories would be created, and fails on an untrusted component, without creating anything.
   diff_mode:
     support: full
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
   platform:
+    support: full
+    description: Target OS/families that can be operated against.
     platforms: posix
 notes:
   - The check and the creation are one walk. Once every existing component is root's alone, no

@@ -43,6 +43,10 @@ Debian's real QEMU:
 Every row runs under TCG and, where ``/dev/kvm`` works, KVM. A row marked *finding* is one
 where we do not agree with QEMU today: the suite keeps it as an expected failure with the
 reason, and fails the day it agrees, so that this table is updated.
+
+The table below asks a bare QEMU 7.2. Under libvirt, which decides what QEMU can reach, the suite
+asks QEMU 10.0 with libvirt 11.3 and QEMU 7.2 with libvirt 9.0 as well:
+:ref:`ansible_collections.hypervisor.migration.docsite.launchers`.
 """
 
 

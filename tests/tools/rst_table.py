@@ -66,10 +66,19 @@ def _split(line):
     return [cell.strip() for cell in line.strip().strip("|").split(" | ")]
 
 
-def rows(text):
-    """The rows (header first) of the first list-table in an RST text, each a list of its cells' text."""
+def rows(text, first_header=None):
+    """The rows (header first) of a list-table in an RST text, each a list of its cells' text: the
+    first table, or the first whose header starts with the cell ``first_header``."""
+    for table in text.split(".. list-table::")[1:]:
+        found = _table_rows(table)
+        if first_header is None or (found and found[0][0] == first_header):
+            return found
+    return []
+
+
+def _table_rows(table):
     found = []
-    for line in text.split(".. list-table::", 1)[1].splitlines()[1:]:
+    for line in table.splitlines()[1:]:
         if line.startswith("   * - ") or line == "   * -":
             found.append([line[len("   * - "):]])
         elif line.startswith("     - ") or line == "     -":

@@ -23,6 +23,7 @@ import re
 import stat
 import subprocess
 import sys
+import tempfile
 from unittest import mock
 
 import pytest
@@ -249,7 +250,7 @@ def spies():
         return wrapper
 
     with mock.patch.object(os, "fork", fork), mock.patch.object(subprocess, "Popen", count("process", subprocess.Popen)), mock.patch.object(
-        _canary.tempfile, "mkdtemp", count("mkdtemp", _canary.tempfile.mkdtemp)
+        tempfile, "mkdtemp", count("mkdtemp", tempfile.mkdtemp)
     ):
         yield counts
 
@@ -342,6 +343,7 @@ CANARY_ORACLE = {
     "qemu_binary": binary_valid,
     "accel": choice_of(_canary.ACCEL_CHOICES),
     "sandbox": bool_valid,
+    "launcher": choice_of(_canary.LAUNCHER_CHOICES),
 }
 
 
@@ -353,6 +355,8 @@ def canary_values(binaries):
         "qemu_binary": st.one_of(st.sampled_from(sorted(binaries.values()) + ["auto", "qemu-system-x86_64"]), JUNK),
         "accel": st.one_of(st.sampled_from(["auto", "kvm", "tcg", "hvf", "KVM"]), JUNK),
         "sandbox": st.one_of(st.booleans(), st.sampled_from(["yes", "no", "maybe", "on", "2"]), JUNK),
+        # libvirt itself is not installed on the machines that run this (no virsh: a one-line failure)
+        "launcher": st.one_of(st.sampled_from(["auto", "qemu", "lxc", "LIBVIRT"]), JUNK),
     }
 
 

@@ -17,7 +17,7 @@ import time
 
 import hostctl
 import pytest
-from ansible_collections.hypervisor.migration.plugins.module_utils import _canary
+from ansible_collections.hypervisor.migration.plugins.module_utils import _canary, _canary_guest
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import Account, resolve_account
 from ansible_collections.hypervisor.migration.plugins.module_utils._qmp import QMPClient
 
@@ -173,7 +173,7 @@ def _wait_counter(qmp, passes, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = qmp.execute("human-monitor-command", {"command-line": "xp /2wx 0x500"})
-        counter, magic = _canary._parse_xp(text)
+        counter, magic = _canary_guest.parse_xp(text)
         if magic == _canary.GUEST_MAGIC and counter >= passes:
             return counter
         time.sleep(0.01)
@@ -361,7 +361,8 @@ def test_qemu_runs_as_the_account_in_its_own_group_with_signals_unblocked(canary
     enable = _canary._Canary._enable_postcopy
 
     def look_then_enable(self, uri):
-        for role, process in self.workspace.processes.items():
+        for role, qemu in self.qemu.items():
+            process = qemu.process
             seen[role] = (_proc_status(process.pid), os.getpgid(process.pid), process.pid)
             seen["workdir"] = os.stat(self.workspace.path)
             seen["qemu_dir"] = os.stat(self.workspace.qemu_dir)

@@ -73,7 +73,15 @@ def test_a_file_libvirt_refuses_is_an_error_and_no_device(tmp_path):
     assert facts["device_path"]["kind"] == "none" and facts["device_path"]["blocked_by"] == "libvirt_config"
 
 
-def test_auto_is_libvirt_only_where_its_qemu_daemon_is_installed(tmp_path):
+@pytest.mark.parametrize("name, version", [("libvirt.so.0.11003.0", (11, 3, 0)), ("libvirt.so.0.9000.0", (9, 0, 0)), ("libvirt.so.0.10010.2", (10, 10, 2))])
+def test_the_library_name_tells_libvirts_version_without_running_it(tmp_path, name, version):
+    (tmp_path / name).write_text("")
+    (tmp_path / "libvirt.so.0").symlink_to(name)
+    assert _launcher.library_version((str(tmp_path / "missing"), str(tmp_path))) == version
+
+
+def test_auto_is_libvirt_only_where_its_qemu_daemon_is_installed(tmp_path, monkeypatch):
+    monkeypatch.setattr(_launcher.library_version, "__defaults__", ((),))  # no library found: the daemon answers --version
     daemon = tmp_path / "virtqemud"
     assert _launcher.launcher_facts("auto", True, True, conf_path=str(tmp_path / "none.conf"), daemons=(str(daemon),))["kind"] == "qemu"
     daemon.write_text("#!/bin/sh\necho 'virtqemud (libvirt) 10.0.0'\n")

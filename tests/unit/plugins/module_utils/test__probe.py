@@ -11,9 +11,10 @@ import subprocess
 
 import hostctl
 import pytest
-from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import QEMU_ACCOUNT_NAMES, libvirt_configured_user
+from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import QEMU_ACCOUNT_NAMES
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import select_backend
+from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import read_libvirt_settings
 from ansible_collections.hypervisor.migration.plugins.module_utils._probe import observe
 
 BACKENDS = ["cffi", "ctypes"]
@@ -233,7 +234,7 @@ def test_without_root_the_probe_runs_as_self_and_warns(test_user, gather):
 
 
 def test_auto_without_a_qemu_account_says_none_was_found(root):
-    if libvirt_configured_user() or any(_account_exists(name) for name in QEMU_ACCOUNT_NAMES):
+    if read_libvirt_settings(None)[0]["user"]["source"] != "compiled default" or any(_account_exists(name) for name in QEMU_ACCOUNT_NAMES):
         pytest.skip("this machine has a QEMU account")
     who = gather_postcopy_facts({})["postcopy"]["probe_user"]
     assert (who["name"], who["switched"], who["qemu_account"]) == ("root", False, None)

@@ -20,7 +20,7 @@ needs_qemu = pytest.mark.skipif(not os.access(QEMU, os.X_OK), reason="needs qemu
 FACT_KEYS = {
     "ok", "status", "error", "postcopy_active_seen", "total_time_ms", "downtime_ms", "setup_time_ms", "postcopy_requests",
     "pages_transferred", "bytes_transferred", "guest_running_after", "wall_time_ms", "qemu_binary", "qemu_version", "accel",
-    "memory_mb", "sandbox", "run_as", "commands",
+    "memory_mb", "sandbox", "run_as", "commands", "launcher", "domains",
 }  # fmt: skip
 
 
