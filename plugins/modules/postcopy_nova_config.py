@@ -11,7 +11,7 @@ DOCUMENTATION = r"""
 ---
 module: postcopy_nova_config
 short_description: Make nova-compute use a given value of [libvirt] live_migration_permit_post_copy
-version_added: 1.1.0
+version_added: 1.0.0
 description:
   - Finds out how nova-compute is started on the host and computes the value of
     C([libvirt] live_migration_permit_post_copy) it uses, with oslo.config's precedence, before and after the
