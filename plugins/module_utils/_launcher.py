@@ -26,9 +26,8 @@ __metaclass__ = type
 
 import os
 import re
-import subprocess
 
-from ansible_collections.hypervisor.migration.plugins.module_utils._switch import minimal_environment
+from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import version_output
 from ansible_collections.hypervisor.migration.plugins.module_utils._trust import UntrustedPath, check_chain
 from ansible_collections.hypervisor.migration.plugins.module_utils._virtconf import QEMU_CONF, ConfError, load_conf
 
@@ -123,19 +122,10 @@ def libvirt_version(daemon, timeout=_VERSION_TIMEOUT):
     if found:
         return found
     try:
-        check_chain(os.path.realpath(daemon))
-        proc = subprocess.run(
-            [os.path.realpath(daemon), "--version"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=minimal_environment(),
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, UntrustedPath, subprocess.SubprocessError):
+        real = check_chain(os.path.realpath(daemon))
+    except UntrustedPath:
         return None
-    match = _VERSION.search(proc.stdout[:4096].decode("utf-8", "replace"))
+    match = _VERSION.search(version_output(real, timeout))
     return tuple(int(part) for part in match.groups()) if match else None
 
 

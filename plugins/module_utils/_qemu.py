@@ -28,6 +28,7 @@ __all__ = [
     "qemu_version",
     "reported_version",
     "validate_binary",
+    "version_output",
     "version_tuple",
 ]
 
@@ -167,8 +168,11 @@ def qemu_version(path, timeout=10):
     return embedded_version(path, timeout) or reported_version(path, max(deadline - time.monotonic(), 0.1))
 
 
-def reported_version(path, timeout=10):
-    """The version ``path --version`` prints."""
+def version_output(path, timeout=10):
+    """What ``path --version`` prints (its first 4 KiB), run as a list with a fixed environment; "" when it cannot run.
+
+    The caller has checked path (validate_binary, _trust.check_chain): it runs as root.
+    """
     try:
         proc = subprocess.run(
             [path, "--version"],
@@ -180,8 +184,13 @@ def reported_version(path, timeout=10):
             check=False,
         )
     except (OSError, subprocess.SubprocessError):
-        return None
-    match = _VERSION.search(proc.stdout.decode("utf-8", "replace"))
+        return ""
+    return proc.stdout[:4096].decode("utf-8", "replace")
+
+
+def reported_version(path, timeout=10):
+    """The version ``path --version`` prints."""
+    match = _VERSION.search(version_output(path, timeout))
     return _format_version(match) if match else None
 
 
