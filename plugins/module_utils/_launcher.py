@@ -29,7 +29,6 @@ import re
 
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import version_output
 from ansible_collections.hypervisor.migration.plugins.module_utils._trust import UntrustedPath, check_chain
-from ansible_collections.hypervisor.migration.plugins.module_utils._virtconf import QEMU_CONF, ConfError, load_conf
 
 __all__ = [
     "DEVICE_PATHS",
@@ -38,6 +37,7 @@ __all__ = [
     "LIBVIRT_DAEMONS",
     "LIBVIRT_SETTINGS",
     "PRIVATE_DEV_MIN_LIBVIRT",
+    "QEMU_CONF",
     "choose_device_path",
     "choose_launcher",
     "default_device_acl",
@@ -60,6 +60,7 @@ LIBVIRT_DAEMONS = ("/usr/sbin/virtqemud", "/usr/sbin/libvirtd")
 # libvirt 10.1.0 NEWS: "qemu: Add support for /dev/userfaultfd".
 PRIVATE_DEV_MIN_LIBVIRT = (10, 1)
 DEVICE_NODE = "/dev/userfaultfd"
+QEMU_CONF = "/etc/libvirt/qemu.conf"
 
 # The qemu.conf settings that decide what QEMU can reach, with libvirt's compiled defaults on Linux.
 # user and group default to the distribution's QEMU account (resolved in _accounts).
@@ -139,12 +140,24 @@ def _setting_value(conf, name):
     return conf.number(name)
 
 
+def _compiled_defaults(version):
+    return {name: {"value": _default(name, version), "source": "compiled default"} for name in LIBVIRT_SETTINGS}
+
+
+def _default(name, version):
+    return default_device_acl(version) if name == "cgroup_device_acl" else _COMPILED_DEFAULTS[name]
+
+
 def read_libvirt_settings(version, path=QEMU_CONF):
     """({name: {value, source}}, errors, config state) for LIBVIRT_SETTINGS; errors are one line each."""
+    if not os.path.lexists(path):
+        # Most hosts without libvirt: its compiled defaults, without loading the parser (~5 ms to compile).
+        return _compiled_defaults(version), [], "absent"
+    from ansible_collections.hypervisor.migration.plugins.module_utils._virtconf import ConfError, load_conf
+
     conf = load_conf(path)
     settings, errors = {}, list(conf.errors)
     for name in LIBVIRT_SETTINGS:
-        default = default_device_acl(version) if name == "cgroup_device_acl" else _COMPILED_DEFAULTS[name]
         try:
             value = _setting_value(conf, name)
         except ConfError as exc:
@@ -153,7 +166,7 @@ def read_libvirt_settings(version, path=QEMU_CONF):
             settings[name] = {"value": None, "source": "unreadable", "error": str(exc)}
             continue
         if value is None:
-            settings[name] = {"value": default, "source": "compiled default"}
+            settings[name] = {"value": _default(name, version), "source": "compiled default"}
         else:
             settings[name] = {"value": value, "source": "%s line %d" % (path, conf.settings[name].line)}
     state = "absent" if conf.absent else ("refused" if conf.errors and not conf.settings else "read")

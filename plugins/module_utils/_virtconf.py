@@ -53,6 +53,7 @@ import re
 import stat
 from collections import namedtuple
 
+from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import QEMU_CONF
 from ansible_collections.hypervisor.migration.plugins.module_utils._trust import path_untrusted_reason, trusted_walk
 from ansible_collections.hypervisor.migration.plugins.module_utils._trust import untrusted_reason as untrusted_info_reason
 
@@ -78,7 +79,6 @@ __all__ = [
     "untrusted_reason",
 ]
 
-QEMU_CONF = "/etc/libvirt/qemu.conf"
 # libvirt's MAX_CONFIG_FILE_SIZE: virConfReadFile refuses a larger file.
 MAX_CONF_BYTES = 10 * 1024 * 1024
 # libvirt recurses without a bound; this reader stops well before Python's recursion limit.
