@@ -10,7 +10,6 @@ __metaclass__ = type
 import grp
 import os
 import pwd
-import re
 from collections import namedtuple
 
 __all__ = [
@@ -34,13 +33,20 @@ NO_QEMU_ACCOUNT = "no QEMU account found (neither qemu.conf's user nor %s exists
 Account = namedtuple("Account", "name uid gid groups source reason")
 
 # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
-_NUMERIC_UID = re.compile(r"^\+?[0-9]+$")
 # libvirt's "+N": a number, taken as such without looking up an account.
-_LIBVIRT_NUMBER = re.compile(r"^\+[0-9]+$")
 
 
 class AccountError(Exception):
     """The account asked for does not exist on this host."""
+
+
+def _is_digits(text):
+    return text.isdigit() and text.isascii()
+
+
+def _is_libvirt_number(text):
+    """libvirt's "+107": an id that is a number even where an account has that name."""
+    return text[:1] == "+" and _is_digits(text[1:])
 
 
 def _from_passwd(entry, source, reason):
@@ -52,7 +58,7 @@ def _lookup(spec):
     """A passwd entry for a name, a numeric uid or libvirt's "+107" form; None when absent."""
     text = str(spec).strip()
     try:
-        if _NUMERIC_UID.match(text):
+        if _is_digits(text) or _is_libvirt_number(text):
             return pwd.getpwuid(int(text.lstrip("+")))
         return pwd.getpwnam(text)
     except (KeyError, ValueError, OverflowError):
@@ -77,7 +83,7 @@ def _configured_gid(group, default):
         return default
     _unjudgeable(group, "group")
     text = str(group["value"]).strip()
-    if _LIBVIRT_NUMBER.match(text):
+    if _is_libvirt_number(text):
         return int(text[1:])
     try:
         return grp.getgrnam(text).gr_gid
@@ -108,7 +114,7 @@ def _configured_account(user, group):
         gid = _configured_gid(group, entry.pw_gid)
         groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, gid))))
         return Account(entry.pw_name, entry.pw_uid, gid, groups, "auto", reason)
-    if not _LIBVIRT_NUMBER.match(value):
+    if not _is_libvirt_number(value):
         raise AccountError('cannot tell QEMU\'s account: user = "%s" (%s) is not an account on this host; fix it or set the account explicitly' % (
             value,
             source,

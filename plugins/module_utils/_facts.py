@@ -26,7 +26,6 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._host import 
     unprivileged_userfaultfd,
 )
 from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import launcher_facts
-from ansible_collections.hypervisor.migration.plugins.module_utils._private_dev import PrivateDevError, make_private_dev
 from ansible_collections.hypervisor.migration.plugins.module_utils._probe import observe
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import (
     find_qemu_binary,
@@ -99,10 +98,12 @@ def _private_dev_preparer(launcher, account, switch, warn):
     """(prepare, outcome): the child's private /dev when libvirt would give QEMU one, else (None, None)."""
     if launcher["device_path"]["kind"] != "libvirt_private_dev":
         return None, None
+    # Imported here, in the parent: only hosts where libvirt gives QEMU a private /dev compile it.
+    from ansible_collections.hypervisor.migration.plugins.module_utils._private_dev import PrivateDevError, make_private_dev
+
     outcome = {"reproduced": False, "error": None}
     if not switch and os.geteuid() != 0:
         outcome["error"] = "not root: cannot make the domain's private /dev"
-        warn("not running as root: libvirt's private /dev is not reproduced, the host's /dev/userfaultfd was probed instead")
         return None, outcome
     try:
         node = os.stat(DEVICE_PATH)
@@ -158,6 +159,9 @@ def gather_postcopy_facts(params, warn=lambda msg: None):
     obs = run_in_child(probe, account if switch else None, timeout=options["timeout"], prepare=prepare)
     if obs.get("private_dev"):
         launcher["device_path"].update(obs["private_dev"])
+        if not obs["private_dev"]["reproduced"]:
+            # Whatever stopped it (no root, no host node, unshare or mknod refused in the child).
+            warn("libvirt's private /dev could not be reproduced (%s): the host's /dev/userfaultfd was probed instead" % obs["private_dev"]["error"])
     sysctl = unprivileged_userfaultfd()
     missing, causes = diagnose(
         obs,

@@ -10,7 +10,6 @@ __metaclass__ = type
 import errno
 import os
 import pwd
-import re
 import stat
 
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import group_name
@@ -35,7 +34,6 @@ HUGEPAGES_DIR = "/sys/kernel/mm/hugepages"
 MISC_DEV = "/sys/class/misc/userfaultfd/dev"
 CAP_SYS_PTRACE = 19
 
-_HUGEPAGE_DIR = re.compile(r"^hugepages-(\d+)kB$")
 
 
 def errno_name(number):
@@ -83,10 +81,10 @@ def hugepage_sizes(base=HUGEPAGES_DIR):
     except OSError:
         return sizes
     for entry in entries:
-        match = _HUGEPAGE_DIR.match(entry)
-        if match:
+        kib = entry[len("hugepages-"):-len("kB")]
+        if entry.startswith("hugepages-") and entry.endswith("kB") and kib.isdigit() and kib.isascii():
             folder = os.path.join(base, entry)
-            sizes[int(match.group(1)) * 1024] = {
+            sizes[int(kib) * 1024] = {
                 "total": _read_int(os.path.join(folder, "nr_hugepages")) or 0,
                 "free": _read_int(os.path.join(folder, "free_hugepages")) or 0,
             }

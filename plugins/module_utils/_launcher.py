@@ -75,10 +75,10 @@ _COMPILED_DEFAULTS = {
     "seccomp_sandbox": 1,
 }
 _DEFAULT_ACL = ["/dev/null", "/dev/full", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/ptmx", "/dev/kvm"]
-_VERSION = re.compile(r"\b(\d+)\.(\d+)\.(\d+)\b")
+_VERSION = r"\b(\d+)\.(\d+)\.(\d+)\b"
 _VERSION_TIMEOUT = 5
 LIBRARY_DIRS = ("/usr/lib64", "/usr/lib/%s-linux-gnu" % os.uname().machine, "/usr/lib")
-_LIBRARY_NAME = re.compile(r"^libvirt\.so\.0\.(\d+)\.(\d+)$")
+_LIBRARY_PREFIX = "libvirt.so.0."
 
 
 def default_device_acl(version):
@@ -107,9 +107,9 @@ def library_version(lib_dirs=LIBRARY_DIRS):
             name = os.path.basename(os.path.realpath(os.path.join(directory, "libvirt.so.0")))
         except OSError:
             continue
-        match = _LIBRARY_NAME.match(name)
-        if match:
-            number, micro = int(match.group(1)), int(match.group(2))
+        numbers = name[len(_LIBRARY_PREFIX):].split(".") if name.startswith(_LIBRARY_PREFIX) else ()
+        if len(numbers) == 2 and all(n.isdigit() and n.isascii() for n in numbers):
+            number, micro = int(numbers[0]), int(numbers[1])
             return number // 1000, number % 1000, micro
     return None
 
@@ -126,7 +126,7 @@ def libvirt_version(daemon, timeout=_VERSION_TIMEOUT):
         real = check_chain(os.path.realpath(daemon))
     except UntrustedPath:
         return None
-    match = _VERSION.search(version_output(real, timeout))
+    match = re.search(_VERSION, version_output(real, timeout))
     return tuple(int(part) for part in match.groups()) if match else None
 
 

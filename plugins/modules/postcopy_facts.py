@@ -334,6 +334,7 @@ ansible_facts:
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
+from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401  (first: the rest compile once)
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import AccountError
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import CFFI_IMPORT_ERROR, HAS_CFFI, BackendUnavailable
