@@ -613,7 +613,7 @@ def fig_canary(ctx):
     for accel in accels:
         # As root: the canary then migrates whatever the host's userfaultfd settings (which the
         # tests running beside this benchmark change); QEMU's own account is the facts figures' job.
-        args = "memory_mb=256 accel=%s run_as=root" % accel
+        args = "memory_mb=256 accel=%s probe_user=root" % accel
         argv = ctx.adhoc("hypervisor.migration.postcopy_canary", args)
         out = ctx.run(argv, check=False)
         result = _adhoc_result(out)

@@ -8,8 +8,8 @@ __metaclass__ = type
 
 
 class ModuleDocFragment(object):
-    # What postcopy_facts and postcopy_canary share: the QEMU they judge, QEMU's account (probe_user,
-    # the canary's run_as by its alias), and the attributes of the action group
+    # What postcopy_facts and postcopy_canary share: the QEMU they judge, QEMU's account (probe_user
+    # in both), and the attributes of the action group
     # hypervisor.migration.postcopy (meta/runtime.yml), through which module_defaults sets these
     # once for both. Their timeouts stay their own: a probe takes milliseconds, a canary seconds.
     DOCUMENTATION = r"""

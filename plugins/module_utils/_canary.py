@@ -65,7 +65,6 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._launcher imp
     libvirt_daemon,
     read_libvirt_settings,
 )
-from ansible_collections.hypervisor.migration.plugins.module_utils._options import range_error, text_error
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import (
     QemuBinaryError,
     candidate_binaries,
@@ -100,7 +99,6 @@ __all__ = [
     "kvm_usable_by",
     "libvirt_domain_xml",
     "make_settings",
-    "option_errors",
     "planned_facts",
     "qemu_command",
     "run_canary",
@@ -167,23 +165,6 @@ def choose_accel(accel, account, kvm_path=KVM_DEVICE):
     return "kvm" if kvm_usable_by(account, kvm_path) else "tcg"
 
 
-def _choice_error(name, value, choices):
-    return None if value in choices else "%s must be one of %s, got %s" % (name, ", ".join(choices), value)
-
-
-def option_errors(qemu_binary, run_as, accel, memory_mb, timeout, launcher="auto"):
-    """One line per option value that cannot work, whatever the host; empty when all can."""
-    errors = [
-        text_error("qemu_binary", qemu_binary, "auto or an absolute path"),
-        text_error("run_as", run_as, "auto, an account name or a numeric uid"),
-        _choice_error("accel", accel, ACCEL_CHOICES),
-        _choice_error("launcher", launcher, LAUNCHER_CHOICES),
-        range_error("memory_mb", memory_mb, *MEMORY_MB_RANGE),
-        range_error("timeout", timeout, *TIMEOUT_RANGE, unit=" seconds"),
-    ]
-    return [error for error in errors if error]
-
-
 def _is_x86_qemu(path):
     name = os.path.basename(path)
     if "x86_64" in name or "i386" in name:
@@ -208,25 +189,25 @@ def _resolve(spec, libvirt_settings):
     try:
         return resolve_account(spec, libvirt_settings["user"], libvirt_settings["group"])
     except AccountError as exc:
-        raise CanaryError("run_as: %s" % exc) from None
+        raise CanaryError("probe_user: %s" % exc) from None
 
 
 def _find_account(spec, launcher, libvirt_settings):
     """The same account the probe judges: qemu.conf's user, read with libvirt's grammar.
 
     Under libvirt, QEMU runs as libvirt's user and the canary's socket directory must be that
-    account's: run_as may name it, but no other.
+    account's: probe_user may name it, but no other.
     """
     account = _resolve(spec, libvirt_settings)
     if launcher == "libvirt" and spec != "auto":
         libvirts = _resolve("auto", libvirt_settings)
         if account.uid != libvirts.uid:
             raise CanaryError(
-                "run_as %s: with launcher libvirt QEMU runs as libvirt's user %s (uid %d); leave run_as auto or set qemu.conf's user"
+                "probe_user %s: with launcher libvirt QEMU runs as libvirt's user %s (uid %d); leave probe_user auto or set qemu.conf's user"
                 % (spec, libvirts.name, libvirts.uid)
             )
     if account_switch_needed(account) and os.geteuid() != 0:
-        raise CanaryError("run_as %s (uid %d) needs root to switch to; the module runs as uid %d (use become)" % (account.name, account.uid, os.geteuid()))
+        raise CanaryError("probe_user %s (uid %d) needs root to switch to; the module runs as uid %d (use become)" % (account.name, account.uid, os.geteuid()))
     return account
 
 
@@ -247,18 +228,15 @@ def _libvirt_accel(accel):
         return "tcg"
 
 
-def make_settings(qemu_binary="auto", run_as="auto", accel="auto", memory_mb=256, timeout=60, sandbox=True, launcher="auto"):
-    """Check the options and resolve them on this host; CanaryError in one line when it cannot run.
+def make_settings(qemu_binary="auto", probe_user="auto", accel="auto", memory_mb=256, timeout=60, sandbox=True, launcher="auto"):
+    """Resolve the options, checked by the module, on this host; CanaryError in one line when the canary cannot run there.
 
     Under libvirt, sandbox is libvirt's own (qemu.conf seccomp_sandbox), not the option.
     """
-    errors = option_errors(qemu_binary, run_as, accel, memory_mb, timeout, launcher)
-    if errors:
-        raise CanaryError("; ".join(errors))
     binary = _find_binary(qemu_binary)
     kind = choose_launcher(launcher, libvirt_daemon())
     libvirt_settings = {name: item["value"] for name, item in read_libvirt_settings(None)[0].items()}
-    account = _find_account(run_as, kind, libvirt_settings)
+    account = _find_account(probe_user, kind, libvirt_settings)
     if kind == "libvirt":
         sandboxed = libvirt_settings["seccomp_sandbox"] != 0
         return CanarySettings(binary, account, _libvirt_accel(accel), int(memory_mb), int(timeout), sandboxed, kind, _find_virsh())

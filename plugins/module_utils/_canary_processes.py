@@ -16,16 +16,16 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import account_switch_needed
 from ansible_collections.hypervisor.migration.plugins.module_utils._qmp import QMPClient
-from ansible_collections.hypervisor.migration.plugins.module_utils._switch import minimal_environment
+from ansible_collections.hypervisor.migration.plugins.module_utils._switch import ChildError, become, minimal_environment
 
 __all__ = [
     "CanaryInterrupted",
@@ -56,42 +56,37 @@ class CanaryInterrupted(Exception):
         )
 
 
-# Run by the interpreter that runs the module, between fork and QEMU: a thread-safe
-# replacement for preexec_fn (and for subprocess's user=/group=, which need Python 3.9).
-# argv: SWITCH ("-" or "uid:gid:g1,g2") PARENT_PID QEMU ARGS...
-_EXEC_AS = r"""
-import os, signal, sys
-switch, parent = sys.argv[1], int(sys.argv[2])
-# The module held SIGTERM/SIGINT/SIGHUP back while starting this; QEMU must get them as usual.
-signal.pthread_sigmask(signal.SIG_SETMASK, [])
-if switch != "-":
-    uid, gid, groups = switch.split(":")
-    uid, gid = int(uid), int(gid)
-    # Groups and gid first: only root may change them, and setuid gives root up.
-    os.setgroups([int(g) for g in groups.split(",") if g])
-    os.setgid(gid)
-    os.setuid(uid)
-    if (os.getuid(), os.geteuid(), os.getgid(), os.getegid()) != (uid, uid, gid, gid):
-        sys.exit("postcopy canary: could not switch to uid %d gid %d" % (uid, gid))
-# QEMU must die with the module even when the module is SIGKILLed; a credential change
-# clears the parent-death signal, so it is set after the switch.
-try:
-    import ctypes
-    ctypes.CDLL(None).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-except Exception:
-    pass
-if os.getppid() != parent:
-    sys.exit("postcopy canary: the module exited before QEMU started")
-os.execv(sys.argv[3], sys.argv[3:])
-"""
+# prctl(PR_SET_PDEATHSIG, SIGKILL): QEMU dies with the module even when the module is SIGKILLed.
+_PR_SET_PDEATHSIG = 1
 
 
-def _exec_as_argv(account, argv):
-    if account_switch_needed(account):
-        switch = "%d:%d:%s" % (account.uid, account.gid, ",".join(str(g) for g in account.groups))
-    else:
-        switch = "-"
-    return [sys.executable, "-I", "-S", "-c", _EXEC_AS, switch, str(os.getpid())] + list(argv)
+def _before_exec(account, parent):
+    """What the forked child runs before it becomes QEMU: _switch's account switch, then QEMU's own signals.
+
+    Used as subprocess's preexec_fn: the module runs a single thread, so the forked child cannot
+    inherit a lock held elsewhere (subprocess's user= and group= would need Python 3.9). A failure
+    goes to QEMU's stderr (the canary's log by then), where words() finds it, and the child exits:
+    the canary then reports a QEMU that died at start.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def prepare():
+        try:
+            if account_switch_needed(account):
+                become(account)
+            # A credential change clears the parent-death signal, so it is set after the switch.
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:
+                raise ChildError("the module exited before QEMU started")
+        except ChildError as exc:
+            os.write(2, ("postcopy canary: %s\n" % exc).encode("utf-8", "replace"))
+            os._exit(1)
+        # The module holds SIGTERM/SIGINT/SIGHUP back while starting QEMU, which must get them as usual.
+        for name in INTERRUPT_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+    return prepare
 
 
 @contextlib.contextmanager
@@ -206,7 +201,7 @@ class QemuProcess:
         self._log = self.workspace.unnamed_file()
         with signals_blocked():
             self.process = subprocess.Popen(
-                _exec_as_argv(self.workspace.account, self.command),
+                self.command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=self._log,
@@ -215,6 +210,7 @@ class QemuProcess:
                 close_fds=True,
                 # Its own session and process group: cleanup kills everything QEMU started.
                 start_new_session=True,
+                preexec_fn=_before_exec(self.workspace.account, os.getpid()),
             )
 
     def connect(self, timeout):

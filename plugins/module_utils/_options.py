@@ -10,9 +10,12 @@ __metaclass__ = type
 import decimal
 import sys
 
+from ansible.module_utils.basic import AnsibleModule
+
 __all__ = [
     "new_module",
     "one_line",
+    "qemu_option_errors",
     "range_error",
     "text_error",
 ]
@@ -49,6 +52,14 @@ def range_error(name, value, low, high, unit=""):
     return "%s must be between %d and %d%s, got %d" % (name, low, high, unit, value)
 
 
+def qemu_option_errors(params):
+    """Checks of the options both modules take: QEMU's account and binary."""
+    return [
+        text_error("probe_user", params["probe_user"], "auto, an account name or a numeric uid"),
+        text_error("qemu_binary", params["qemu_binary"], "auto or an absolute path"),
+    ]
+
+
 def _unsafe_int(value):
     if isinstance(value, (bool, int)) or not isinstance(value, (str, float)):
         return False
@@ -61,23 +72,31 @@ def _unsafe_int(value):
 
 def early_errors(argument_spec, raw):
     """Messages for raw option values AnsibleModule would choke on; empty when there are none."""
-    if not isinstance(raw, dict):
-        return []
     names = sorted(name for name, spec in argument_spec.items() if spec.get("type") == "int" and _unsafe_int(raw.get(name)))
     return ["argument '%s' must be an integer, got %s" % (name, one_line(repr(raw[name]))[:40]) for name in names]
 
 
-def new_module(argument_spec, **kwargs):
-    """AnsibleModule for argument_spec, after refusing the values its conversion cannot survive."""
-    # Imported here: the canary driver uses this file's checks on hosts without ansible-core.
-    from ansible.module_utils.basic import AnsibleModule, _load_params
-
+def _as_given(argument_spec, kwargs):
+    """A module that takes every value as given (it converts nothing); None where none can be made."""
+    spec = dict((name, dict(type="raw", aliases=item.get("aliases", []), no_log=item.get("no_log", False))) for name, item in argument_spec.items())
     try:
-        errors = early_errors(argument_spec, _load_params())
-    except Exception:  # unreadable parameters: AnsibleModule says so itself
-        errors = []
+        return AnsibleModule(argument_spec=spec, **dict(kwargs, no_log=True))
+    except Exception:  # ansible-test's validate-modules stops at every module made: it reads the real one's spec below
+        return None
+
+
+def new_module(argument_spec, option_errors=None, **kwargs):
+    """AnsibleModule for argument_spec; any value it cannot take ends the task in one line naming the option.
+
+    The values are first read as given, and those whose conversion cannot be survived refused;
+    then option_errors(params), when given, says what the spec cannot: one message or None per check.
+    """
+    as_given = _as_given(argument_spec, kwargs)
+    errors = early_errors(argument_spec, as_given.params) if as_given else []
     if errors:
-        # A module that takes every value as given, only to fail the usual way before anything converts them.
-        as_given = AnsibleModule(argument_spec=dict((name, dict(type="raw")) for name in argument_spec), **kwargs)
         as_given.fail_json(msg="; ".join(errors))
-    return AnsibleModule(argument_spec=argument_spec, **kwargs)
+    module = AnsibleModule(argument_spec=argument_spec, **kwargs)
+    errors = [error for error in option_errors(module.params) if error] if option_errors else []
+    if errors:
+        module.fail_json(msg="; ".join(errors))
+    return module

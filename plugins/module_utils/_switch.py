@@ -21,6 +21,7 @@ import time
 __all__ = [
     "ChildError",
     "SAFE_PATH",
+    "become",
     "minimal_environment",
     "run_in_child",
 ]
@@ -49,12 +50,6 @@ def _check_become(account):
         raise OSError(0, "supplementary groups are %s after the switch" % sorted(os.getgroups()))
 
 
-def _become(account):
-    # Order matters: groups and gid can only be changed while still root.
-    os.setgroups(list(account.groups))
-    os.setgid(account.gid)
-    os.setuid(account.uid)
-    _check_become(account)
 
 
 def _close_inherited(keep):
@@ -92,16 +87,25 @@ def _switch_error(account, exc):
     return ChildError("could not switch to account %s (uid %d): %s" % (account.name, account.uid, reason))
 
 
+def become(account):
+    """Switch this process to account for good (the probe child, the canary's QEMU before exec); ChildError in one line."""
+    try:
+        # Order matters: groups and gid can only be changed while still root.
+        os.setgroups(list(account.groups))
+        os.setgid(account.gid)
+        os.setuid(account.uid)
+        _check_become(account)
+    except OSError as exc:
+        raise _switch_error(account, exc) from None
+
+
 def _answer(func, account, prepare=None):
     """The JSON bytes to send back: the result, or a one-line error."""
     try:
         if prepare is not None:
             prepare()  # still as root: what QEMU's launcher would set up before starting it
         if account is not None:
-            try:
-                _become(account)
-            except OSError as exc:
-                raise _switch_error(account, exc) from None
+            become(account)
         return json.dumps({"result": func()}).encode("utf-8")
     except BaseException as exc:  # the child must always answer, whatever went wrong
         try:

@@ -40,24 +40,24 @@ description:
 author:
   - hypervisor.migration developers (@hypervisor-migration)
 options:
-  run_as:
+  probe_user:
     description:
       - The account both QEMUs run as, by name or numeric uid; the same resolution as the
-        O(hypervisor.migration.postcopy_facts#module:probe_user) option of M(hypervisor.migration.postcopy_facts).
+        O(hypervisor.migration.postcopy_facts#module:probe_user) option of M(hypervisor.migration.postcopy_facts),
+        so that C(module_defaults) for the action group C(group/hypervisor.migration.postcopy) sets QEMU's account
+        once for both modules.
       - V(auto) takes C(user) from C(/etc/libvirt/qemu.conf) when set, else the first existing
         of C(qemu) and C(libvirt-qemu), else the module's own account.
       - Any account other than the module's own needs root (C(become)).
-      - The alias O(probe_user) lets C(module_defaults) for the action group
-        C(group/hypervisor.migration.postcopy) set QEMU's account once for this module and
-        M(hypervisor.migration.postcopy_facts).
+      - The alias C(run_as) is deprecated and will be removed in hypervisor.migration 2.0.0.
     type: str
-    aliases: [probe_user]
+    aliases: [run_as]
     default: auto
     version_added: 1.0.0
   accel:
     description:
       - The QEMU accelerator.
-      - V(auto) is V(kvm) when C(/dev/kvm) is a character device that O(run_as) may open read-write
+      - V(auto) is V(kvm) when C(/dev/kvm) is a character device that O(probe_user) may open read-write
         (by its mode, owner and group, the account's groups included), else V(tcg).
       - V(kvm) on a host where KVM does not work gives RV(ansible_facts.postcopy_canary.ok=false) with QEMU's message.
     type: str
@@ -90,10 +90,10 @@ options:
   launcher:
     description:
       - Who starts the two QEMUs, as in O(hypervisor.migration.postcopy_facts#module:launcher).
-      - V(qemu) starts them as bare processes as O(run_as).
+      - V(qemu) starts them as bare processes as O(probe_user).
       - V(libvirt) has libvirt start them as transient domains through C(virsh -c qemu:///system)
         (C(virsh) from the system binary directories, refused unless root's alone). QEMU then runs as
-        C(qemu.conf)'s C(user); O(run_as) may only name that account.
+        C(qemu.conf)'s C(user); O(probe_user) may only name that account.
       - V(auto) is V(libvirt) when libvirt's QEMU daemon (C(virtqemud) or C(libvirtd)) is installed, else V(qemu).
     type: str
     choices: [auto, libvirt, qemu]
@@ -112,7 +112,7 @@ attributes:
     support: full
     description: Returns C(ansible_facts.postcopy_canary).
 notes:
-  - Requires Linux and an x86 QEMU. Switching to O(run_as) needs root.
+  - Requires Linux and an x86 QEMU. Switching to O(probe_user) needs root.
   - The canary starts O(qemu_binary) twice. The guest is x86 machine code, so it must be an x86 QEMU
     (C(qemu-system-x86_64) or C(qemu-system-i386)).
   - With O(launcher=qemu), QEMU inherits the module's seccomp filter and LSM label. A QEMU started by libvirt may run
@@ -152,7 +152,7 @@ EXAMPLES = r"""
 
 - name: Confirm the facts' verdict with QEMU, under TCG, as libvirt's account
   hypervisor.migration.postcopy_canary:
-    run_as: libvirt-qemu
+    probe_user: libvirt-qemu
     accel: tcg
     memory_mb: 512
     timeout: 120
@@ -294,23 +294,36 @@ import traceback
 from ansible_collections.hypervisor.migration.plugins.module_utils._canary import (
     ACCEL_CHOICES,
     LAUNCHER_CHOICES,
+    MEMORY_MB_RANGE,
+    TIMEOUT_RANGE,
     CanaryError,
     CanaryInterrupted,
     make_settings,
     planned_facts,
     run_canary,
 )
-from ansible_collections.hypervisor.migration.plugins.module_utils._options import new_module, one_line
+from ansible_collections.hypervisor.migration.plugins.module_utils._options import new_module, one_line, qemu_option_errors, range_error
 
 ARGUMENT_SPEC = dict(
     qemu_binary=dict(type="str", default="auto"),
-    run_as=dict(type="str", aliases=["probe_user"], default="auto"),
+    probe_user=dict(
+        type="str", default="auto", aliases=["run_as"], deprecated_aliases=[dict(name="run_as", version="2.0.0", collection_name="hypervisor.migration")]
+    ),
     accel=dict(type="str", choices=list(ACCEL_CHOICES), default="auto"),
     memory_mb=dict(type="int", default=256),
     timeout=dict(type="int", default=60),
     sandbox=dict(type="bool", default=True),
     launcher=dict(type="str", choices=list(LAUNCHER_CHOICES), default="auto"),
 )
+
+
+def option_errors(params):
+    """What the argument spec cannot say: one message or None per check (new_module joins them)."""
+    return [
+        *qemu_option_errors(params),
+        range_error("memory_mb", params["memory_mb"], *MEMORY_MB_RANGE),
+        range_error("timeout", params["timeout"], *TIMEOUT_RANGE, unit=" seconds"),
+    ]
 
 
 def _canary_facts(module):
@@ -321,7 +334,7 @@ def _canary_facts(module):
 
 
 def main():
-    module = new_module(ARGUMENT_SPEC, supports_check_mode=True)
+    module = new_module(ARGUMENT_SPEC, option_errors, supports_check_mode=True)
     try:
         facts = _canary_facts(module)
     except (CanaryError, CanaryInterrupted) as exc:

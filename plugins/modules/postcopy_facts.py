@@ -339,7 +339,7 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._accounts imp
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import CFFI_IMPORT_ERROR, HAS_CFFI, BackendUnavailable
 from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import LAUNCHER_CHOICES
-from ansible_collections.hypervisor.migration.plugins.module_utils._options import new_module, one_line, range_error, text_error
+from ansible_collections.hypervisor.migration.plugins.module_utils._options import new_module, one_line, qemu_option_errors, range_error
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import QemuBinaryError
 from ansible_collections.hypervisor.migration.plugins.module_utils._switch import ChildError
 from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import UnsupportedArch
@@ -359,18 +359,16 @@ MAX_PAGE = 1 << 30
 MAX_TIMEOUT = 3600
 
 
-def validate_params(params):
-    """One-line messages for values the argument spec cannot express; empty when all are fine."""
-    errors = []
+def option_errors(params):
+    """What the argument spec cannot say: one message or None per check (new_module joins them)."""
     size = params["target_page_size"]
-    if size < MIN_PAGE or size > MAX_PAGE or size & (size - 1):
-        errors.append("target_page_size must be a power of two between %d and %d, got %d" % (MIN_PAGE, MAX_PAGE, size))
-    errors.append(range_error("timeout", params["timeout"], 1, MAX_TIMEOUT, " seconds"))
-    errors.append(text_error("probe_user", params["probe_user"], "auto, an account name or a numeric uid"))
-    errors.append(text_error("qemu_binary", params["qemu_binary"], "auto or an absolute path"))
-    if not params["memory_backends"]:
-        errors.append("memory_backends must name at least one of anonymous, shmem, hugetlbfs")
-    return [error for error in errors if error]
+    return [
+        None if MIN_PAGE <= size <= MAX_PAGE and not size & (size - 1) else
+        "target_page_size must be a power of two between %d and %d, got %d" % (MIN_PAGE, MAX_PAGE, size),
+        range_error("timeout", params["timeout"], 1, MAX_TIMEOUT, " seconds"),
+        *qemu_option_errors(params),
+        None if params["memory_backends"] else "memory_backends must name at least one of anonymous, shmem, hugetlbfs",
+    ]
 
 
 def _gather(module):
@@ -390,10 +388,7 @@ def _gather(module):
 
 
 def main():
-    module = new_module(ARGUMENT_SPEC, supports_check_mode=True)
-    errors = validate_params(module.params)
-    if errors:
-        module.fail_json(msg="; ".join(errors))
+    module = new_module(ARGUMENT_SPEC, option_errors, supports_check_mode=True)
     if module.params["ffi_backend"] == "cffi" and not HAS_CFFI:
         module.fail_json(msg=missing_required_lib("cffi", reason="for ffi_backend=cffi"), exception=CFFI_IMPORT_ERROR)
     try:

@@ -196,7 +196,7 @@ def wrapper(cond, user, as_account):
 
 
 def identity_in_process(cond, user, as_account):
-    """The probe_user/run_as that names the account the process already is (no switch)."""
+    """The probe_user that names the account the process already is (no switch)."""
     if not as_account:
         return "root"
     if cond.wrap == "userns":
@@ -304,7 +304,7 @@ def measure(cond, user, accel):
 
 
 def canary_plan(cond, user):
-    """(as_account, run_as) for the canary: like production (root, run_as) unless the wrapper needs the account."""
+    """(as_account, probe_user) for the canary: like production (root, probe_user) unless the wrapper needs the account."""
     if cond.account == ROOT:
         return False, "root"
     if cond.wrap in ("ambient-ptrace", "userns"):
@@ -314,9 +314,9 @@ def canary_plan(cond, user):
 
 def run_canary(cond, user, accel, timeout=90):
     """The canary's result as the module returns it, run under the row's filter and wrapper (and account)."""
-    as_account, run_as = canary_plan(cond, user)
+    as_account, probe_user = canary_plan(cond, user)
     python = ACCOUNT_PYTHON if as_account else sys.executable
-    params = {"qemu_binary": QEMU, "run_as": run_as, "accel": accel, "timeout": 60}
+    params = {"qemu_binary": QEMU, "probe_user": probe_user, "accel": accel, "timeout": 60}
     command = wrapper(cond, user, as_account) + [python, CANARY_RUN, json.dumps(params)]
 
     def once():

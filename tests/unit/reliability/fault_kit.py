@@ -186,7 +186,7 @@ def _prepare(spec):
 
 
 def install_in_child(monkeypatch, spec):
-    owner, name = (_facts, "observe") if spec.at == "probe" else (_switch, "_become")
+    owner, name = (_facts, "observe") if spec.at == "probe" else (_switch, "become")
     real = getattr(owner, name)
 
     def with_fault(*args, **kwargs):

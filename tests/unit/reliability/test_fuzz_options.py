@@ -339,7 +339,7 @@ def test_qemu_binary_is_never_given_to_a_shell(binaries, root_only, tmp_path, mo
 CANARY_ORACLE = {
     "memory_mb": int_in(*_canary.MEMORY_MB_RANGE),
     "timeout": int_in(*_canary.TIMEOUT_RANGE),
-    "run_as": account_valid,
+    "probe_user": account_valid,
     "qemu_binary": binary_valid,
     "accel": choice_of(_canary.ACCEL_CHOICES),
     "sandbox": bool_valid,
@@ -351,7 +351,7 @@ def canary_values(binaries):
     return {
         "memory_mb": st.one_of(st.integers(min_value=-10, max_value=70000), JUNK),
         "timeout": st.one_of(st.integers(min_value=-5, max_value=4000), JUNK),
-        "run_as": st.one_of(ACCOUNTS, JUNK),
+        "probe_user": st.one_of(ACCOUNTS, JUNK),
         "qemu_binary": st.one_of(st.sampled_from(sorted(binaries.values()) + ["auto", "qemu-system-x86_64"]), JUNK),
         "accel": st.one_of(st.sampled_from(["auto", "kvm", "tcg", "hvf", "KVM"]), JUNK),
         "sandbox": st.one_of(st.booleans(), st.sampled_from(["yes", "no", "maybe", "on", "2"]), JUNK),
@@ -374,9 +374,9 @@ def test_canary_int_option_inf_is_one_clean_line():
     assert answer["failed"] and "memory_mb" in answer["msg"]
 
 
-def test_canary_run_as_in_superscript_digits_is_one_clean_line():
-    answer, _counts = run(postcopy_canary.main, {"run_as": "²", "_ansible_check_mode": True})
-    assert answer["failed"] and "run_as" in answer["msg"] and "exception" not in answer
+def test_canary_probe_user_in_superscript_digits_is_one_clean_line():
+    answer, _counts = run(postcopy_canary.main, {"probe_user": "²", "_ansible_check_mode": True})
+    assert answer["failed"] and "probe_user" in answer["msg"] and "exception" not in answer
 
 
 def test_probe_user_in_superscript_digits_is_one_clean_line():

@@ -81,7 +81,7 @@ def canary_as_account(tmp_path):
     # Stopped at its first userfaultfd() call, the destination QEMU waits while the test looks around.
     # Not "hang": a signal to the held thread restarts the call, which then goes through (seen in CI).
     spec = fault_kit.process("fault_exec", "--on", "userfaultfd=stop", module="canary")
-    canary = fault_kit.Background(spec, {"accel": "tcg", "memory_mb": 16, "timeout": 60, "run_as": user.pw_name}, str(tmp_path))
+    canary = fault_kit.Background(spec, {"accel": "tcg", "memory_mb": 16, "timeout": 60, "probe_user": user.pw_name}, str(tmp_path))
     try:
         canary.held = canary.wait_event(1)
         yield canary, user
@@ -185,7 +185,7 @@ def test_qemus_account_cannot_make_the_canary_write_or_read_roots_files(root, tm
     try:
         time.sleep(0.3)  # the attacker is watching before the canary starts
         with hostctl.sysctl_set(1):  # supported: the canary runs its whole course, the attacker has time
-            facts = _canary.run_canary(_canary.make_settings(run_as=user.pw_name, accel="tcg", memory_mb=16, timeout=60))
+            facts = _canary.run_canary(_canary.make_settings(probe_user=user.pw_name, accel="tcg", memory_mb=16, timeout=60))
     finally:
         open(os.path.join(shared_tmpdir, "stop"), "w").close()
         out, _err = attacker.communicate(timeout=30)

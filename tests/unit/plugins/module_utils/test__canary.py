@@ -236,20 +236,12 @@ def test_auto_accel_is_kvm_only_when_usable(kvm_node):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"memory_mb": 8}, "memory_mb must be between 16 and 65536, got 8"),
-        ({"memory_mb": 65537}, "memory_mb must be between 16 and 65536, got 65537"),
-        ({"timeout": 0}, "timeout must be between 1 and 3600 seconds, got 0"),
-        ({"accel": "hvf"}, "accel must be one of auto, kvm, tcg, got hvf"),
-        ({"run_as": " "}, "run_as must be auto, an account name or a numeric uid, got an empty string"),
-        ({"run_as": "a\x00b"}, "run_as must be auto, an account name or a numeric uid, got a value with control characters"),
-        ({"qemu_binary": ""}, "qemu_binary must be auto or an absolute path, got an empty string"),
-        ({"memory_mb": 1, "timeout": -1}, "memory_mb must be between 16 and 65536, got 1; timeout must be between 1 and 3600 seconds, got -1"),
         ({"qemu_binary": "qemu"}, "qemu_binary must be an absolute path or auto, got 'qemu'"),
         ({"qemu_binary": "/nonexistent/qemu"}, "qemu_binary /nonexistent/qemu: No such file or directory"),
-        ({"run_as": "no-such-user-x"}, "run_as: no such account 'no-such-user-x' on this host (give an account name, a numeric uid, or auto)"),
+        ({"probe_user": "no-such-user-x"}, "probe_user: no such account 'no-such-user-x' on this host (give an account name, a numeric uid, or auto)"),
     ],
 )
-def test_options_that_cannot_work_fail_in_one_line(options, message):
+def test_options_that_cannot_work_here_fail_in_one_line(options, message):
     with pytest.raises(_canary.CanaryError) as error:
         _canary.make_settings(**options)
     assert str(error.value) == message
@@ -265,7 +257,7 @@ def test_a_qemu_for_another_architecture_is_refused(tmp_path):
 
 @needs_qemu
 def test_settings_resolve_auto(root):
-    settings = _canary.make_settings(run_as="root", accel="auto")
+    settings = _canary.make_settings(probe_user="root", accel="auto")
     assert settings.qemu_binary == QEMU
     assert settings.account.name == "root"
     assert settings.accel == ("kvm" if _canary.kvm_usable_by(ROOT) else "tcg")
@@ -289,7 +281,7 @@ def test_command_lines_differ_only_by_incoming(root):
 
 @needs_qemu
 def test_planned_facts_start_nothing(canary_tmp, root):
-    settings = _canary.make_settings(run_as="root", accel="tcg")
+    settings = _canary.make_settings(probe_user="root", accel="tcg")
     facts = _canary.planned_facts(settings)
     assert facts["ok"] is None
     assert facts["status"] == "none"
@@ -320,7 +312,7 @@ def assert_completed(facts, accel):
 
 @needs_qemu
 def test_canary_completes_as_root_under_tcg(canary_tmp, root):
-    facts = _canary.run_canary(_canary.make_settings(run_as="root", accel="tcg", memory_mb=128))
+    facts = _canary.run_canary(_canary.make_settings(probe_user="root", accel="tcg", memory_mb=128))
     assert_completed(facts, "tcg")
     assert facts["run_as"]["name"] == "root"
     assert facts["memory_mb"] == 128
@@ -329,12 +321,12 @@ def test_canary_completes_as_root_under_tcg(canary_tmp, root):
 @needs_qemu
 @needs_kvm
 def test_canary_completes_as_root_under_kvm(canary_tmp, root):
-    assert_completed(_canary.run_canary(_canary.make_settings(run_as="root", accel="kvm")), "kvm")
+    assert_completed(_canary.run_canary(_canary.make_settings(probe_user="root", accel="kvm")), "kvm")
 
 
 @needs_qemu
 def test_canary_without_sandbox_completes(canary_tmp, root):
-    facts = _canary.run_canary(_canary.make_settings(run_as="root", accel="tcg", memory_mb=64, sandbox=False))
+    facts = _canary.run_canary(_canary.make_settings(probe_user="root", accel="tcg", memory_mb=64, sandbox=False))
     assert_completed(facts, "tcg")
     assert "-sandbox" not in facts["commands"]["source"]
 
@@ -342,12 +334,30 @@ def test_canary_without_sandbox_completes(canary_tmp, root):
 @needs_qemu
 @pytest.mark.parametrize("errno_name, words", [("EPERM", "Operation not permitted"), ("ENOSYS", "Function not implemented")])
 def test_seccomp_denying_userfaultfd_is_not_ok_in_qemus_words(canary_in_process, root, errno_name, words):
-    facts = canary_in_process({"run_as": "root", "accel": "tcg"}, deny=["userfaultfd:%s" % errno_name])
+    facts = canary_in_process({"probe_user": "root", "accel": "tcg"}, deny=["userfaultfd:%s" % errno_name])
     assert facts["ok"] is False
     assert facts["status"] == "none"
     assert facts["error"] == "Postcopy is not supported (postcopy_ram_supported_by_host: userfaultfd not available: %s)" % words
     assert facts["postcopy_active_seen"] is False
     assert facts["postcopy_requests"] is None
+
+
+@needs_qemu
+@pytest.mark.parametrize(
+    "rule, why",
+    [
+        ("setgroups:EPERM", "Operation not permitted"),
+        ("setgid:EINVAL", "Invalid argument"),
+        ("setuid:EAGAIN", "Resource temporarily unavailable"),
+    ],
+)
+def test_qemus_account_switch_is_the_probes_and_fails_in_its_words(canary_in_process, root, rule, why):
+    """Both QEMUs switch accounts through _switch.become, as the probe child does: a refused switch stops them, in its words."""
+    nobody = resolve_account("nobody")
+    facts = canary_in_process({"probe_user": "nobody", "accel": "tcg", "memory_mb": 16}, deny=[rule])
+    assert facts["ok"] is False
+    assert facts["status"] == "none"
+    assert facts["error"] == "postcopy canary: could not switch to account nobody (uid %d): %s" % (nobody.uid, why)
 
 
 def _proc_status(pid):
@@ -370,7 +380,7 @@ def test_qemu_runs_as_the_account_in_its_own_group_with_signals_unblocked(canary
 
     monkeypatch.setattr(_canary._Canary, "_enable_postcopy", look_then_enable)
     nobody = resolve_account("nobody")
-    _canary.run_canary(_canary.make_settings(run_as="nobody", accel="tcg", memory_mb=16))
+    _canary.run_canary(_canary.make_settings(probe_user="nobody", accel="tcg", memory_mb=16))
     for role in ("source", "destination"):
         status, pgid, pid = seen[role]
         assert status["Name"].startswith("qemu-system")
@@ -392,7 +402,7 @@ def test_unprivileged_account_follows_the_sysctl(canary_tmp, test_user):
     name = test_user.pw_name
 
     def run():
-        return _canary.run_canary(_canary.make_settings(run_as=name, accel="tcg", memory_mb=64))
+        return _canary.run_canary(_canary.make_settings(probe_user=name, accel="tcg", memory_mb=64))
 
     refused = hostctl.steady(run, sysctl=0)
     assert refused["ok"] is False
@@ -408,7 +418,7 @@ def test_qemu_that_cannot_start_is_not_ok_in_its_own_words(canary_tmp, root):
     nobody = resolve_account("nobody")
     if _canary.kvm_usable_by(nobody):
         pytest.skip("nobody may use /dev/kvm here")
-    facts = _canary.run_canary(_canary.make_settings(run_as="nobody", accel="kvm"))
+    facts = _canary.run_canary(_canary.make_settings(probe_user="nobody", accel="kvm"))
     assert facts["ok"] is False
     assert facts["status"] == "none"
     assert facts["error"] == (
@@ -420,7 +430,7 @@ def test_stderr_of_a_qemu_that_exits_at_start_is_the_error(canary_tmp, tmp_path,
     fake = tmp_path / "qemu-system-x86_64"
     fake.write_text("#!/bin/sh\necho 'qemu-system-x86_64: warning: noise' >&2\necho 'qemu-system-x86_64: cannot start: reason' >&2\nexit 1\n")
     fake.chmod(0o755)
-    facts = _canary.run_canary(_canary.make_settings(qemu_binary=str(fake), run_as="root", accel="tcg"))
+    facts = _canary.run_canary(_canary.make_settings(qemu_binary=str(fake), probe_user="root", accel="tcg"))
     assert facts["ok"] is False
     assert facts["error"] == "qemu-system-x86_64: cannot start: reason"
     assert facts["commands"]["source"][0] == str(fake)
@@ -436,7 +446,7 @@ def test_no_work_dir_means_the_canary_cannot_run(canary_tmp, root, monkeypatch):
 def test_timeout_kills_real_qemus(canary_tmp, root):
     started = time.monotonic()
     # Booting a 2 GiB guest, writing all of it and migrating it takes well over a second.
-    facts = _canary.run_canary(_canary.make_settings(run_as="root", accel="tcg", memory_mb=2048, timeout=1))
+    facts = _canary.run_canary(_canary.make_settings(probe_user="root", accel="tcg", memory_mb=2048, timeout=1))
     assert time.monotonic() - started < 5
     assert facts["ok"] is False
     assert facts["error"].startswith("timed out after 1 s ")
@@ -447,7 +457,7 @@ def test_timeout_names_the_late_step(canary_tmp, tmp_path, root):
     fake = tmp_path / "qemu-system-x86_64"
     fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && exec echo 'QEMU emulator version 7.2.0'\nexec sleep 60\n")
     fake.chmod(0o755)
-    facts = _canary.run_canary(_canary.make_settings(qemu_binary=str(fake), run_as="root", accel="tcg", timeout=1))
+    facts = _canary.run_canary(_canary.make_settings(qemu_binary=str(fake), probe_user="root", accel="tcg", timeout=1))
     assert facts["ok"] is False
     assert facts["status"] == "none"
     assert facts["error"] == "timed out after 1 s waiting for the source QEMU's QMP socket"
@@ -457,7 +467,7 @@ def test_timeout_names_the_late_step(canary_tmp, tmp_path, root):
 @needs_qemu
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_interrupted_canary_cleans_up(canary_spawn, canary_qemus, root, signum):
-    proc, _pids = canary_spawn({"run_as": "root", "accel": "tcg", "memory_mb": 2048})
+    proc, _pids = canary_spawn({"probe_user": "root", "accel": "tcg", "memory_mb": 2048})
     proc.send_signal(signum)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
@@ -467,7 +477,7 @@ def test_interrupted_canary_cleans_up(canary_spawn, canary_qemus, root, signum):
 
 @needs_qemu
 def test_killed_module_takes_qemu_with_it(canary_tmp, canary_spawn, canary_qemus, root):
-    proc, pids = canary_spawn({"run_as": "root", "accel": "tcg", "memory_mb": 2048})
+    proc, pids = canary_spawn({"probe_user": "root", "accel": "tcg", "memory_mb": 2048})
     proc.kill()
     proc.communicate()
     deadline = time.monotonic() + 10

@@ -88,11 +88,6 @@ def test_check_mode_of_a_bare_qemu_has_no_domains(monkeypatch):
     assert facts["domains"] == {} and facts["commands"]["source"][0] == "/usr/bin/qemu-system-x86_64"
 
 
-def test_a_bad_launcher_is_one_line_naming_the_choices():
-    with pytest.raises(_canary.CanaryError, match=r"^launcher must be one of auto, libvirt, qemu, got lxc$"):
-        _canary.make_settings(launcher="lxc")
-
-
 def test_no_virsh_is_one_line_naming_the_package(tmp_path):
     with pytest.raises(_canary_libvirt.VirshError, match=r"^launcher libvirt needs virsh \(Debian and Ubuntu libvirt-clients"):
         _canary_libvirt.find_virsh((str(tmp_path),))

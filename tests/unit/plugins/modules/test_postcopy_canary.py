@@ -38,12 +38,18 @@ def run_module(capsys, args):
         ({"timeout": 3601}, "timeout must be between 1 and 3600 seconds, got 3601"),
         ({"accel": "hvf"}, "value of accel must be one of: auto, kvm, tcg, got: hvf"),
         ({"sandbox": "maybe"}, "argument 'sandbox' is of type str and we were unable to convert to bool"),
-        ({"run_as": ""}, "run_as must be auto, an account name or a numeric uid, got an empty string"),
-        ({"run_as": "no-such-user-x"}, "run_as: no such account 'no-such-user-x' on this host (give an account name, a numeric uid, or auto)"),
+        ({"accel": "KVM"}, "value of accel must be one of: auto, kvm, tcg, got: KVM"),
+        ({"launcher": "lxc"}, "value of launcher must be one of: auto, libvirt, qemu, got: lxc"),
+        ({"probe_user": ""}, "probe_user must be auto, an account name or a numeric uid, got an empty string"),
+        ({"probe_user": "a\x00b"}, "probe_user must be auto, an account name or a numeric uid, got a value with control characters"),
+        ({"run_as": " "}, "probe_user must be auto, an account name or a numeric uid, got an empty string"),
+        ({"probe_user": "no-such-user-x"}, "probe_user: no such account 'no-such-user-x' on this host (give an account name, a numeric uid, or auto)"),
+        ({"qemu_binary": ""}, "qemu_binary must be auto or an absolute path, got an empty string"),
         ({"qemu_binary": "qemu-system-x86_64"}, "qemu_binary must be an absolute path or auto, got 'qemu-system-x86_64'"),
         ({"qemu_binary": "/nonexistent/qemu"}, "qemu_binary /nonexistent/qemu: No such file or directory"),
         ({"qemu_binary": "/proc/version"}, "qemu_binary /proc/version is not executable"),
         ({"memory_mb": 1, "timeout": 0}, "memory_mb must be between 16 and 65536, got 1; timeout must be between 1 and 3600 seconds, got 0"),
+        ({"probe_user": "\t", "memory_mb": 8}, "probe_user must be auto, an account name or a numeric uid, got an empty string; memory_mb must be between 16"),
         ({"unknown": 1}, "Unsupported parameters for"),
     ],
 )
@@ -67,7 +73,7 @@ def test_no_qemu_binary_fails_in_one_line(capsys, canary_tmp, monkeypatch):
 
 @needs_qemu
 def test_check_mode_reports_the_commands_and_starts_nothing(capsys, canary_tmp, root):
-    result = run_module(capsys, {"_ansible_check_mode": True, "run_as": "root", "accel": "tcg", "memory_mb": 64})
+    result = run_module(capsys, {"_ansible_check_mode": True, "probe_user": "root", "accel": "tcg", "memory_mb": 64})
     assert result["rc"] == 0
     assert result["changed"] is False
     facts = result["ansible_facts"]["postcopy_canary"]
@@ -81,8 +87,16 @@ def test_check_mode_reports_the_commands_and_starts_nothing(capsys, canary_tmp, 
 
 
 @needs_qemu
+def test_the_deprecated_alias_run_as_still_names_qemus_account(capsys, canary_tmp, root):
+    result = run_module(capsys, {"_ansible_check_mode": True, "run_as": "root", "accel": "tcg", "memory_mb": 64})
+    assert result["rc"] == 0
+    assert result["ansible_facts"]["postcopy_canary"]["run_as"] == dict(result["ansible_facts"]["postcopy_canary"]["run_as"], name="root", source="option")
+    assert [d["version"] for d in result["deprecations"] if "Alias 'run_as' is deprecated" in json.dumps(d)] == ["2.0.0"]
+
+
+@needs_qemu
 def test_a_real_canary_reports_success_and_changes_nothing(capsys, canary_tmp, root):
-    result = run_module(capsys, {"run_as": "root", "accel": "tcg"})
+    result = run_module(capsys, {"probe_user": "root", "accel": "tcg"})
     assert result["rc"] == 0
     assert result["changed"] is False
     facts = result["ansible_facts"]["postcopy_canary"]
@@ -99,7 +113,7 @@ def test_a_real_canary_reports_success_and_changes_nothing(capsys, canary_tmp, r
 def test_under_seccomp_the_task_succeeds_with_ok_false(canary_tmp, tmp_path, root):
     """The module file run as Ansible runs it (args file on argv), from an interpreter whose userfaultfd is denied."""
     args = tmp_path / "args.json"
-    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"run_as": "root", "accel": "tcg"}}))
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"probe_user": "root", "accel": "tcg"}}))
     env = dict(os.environ, TMPDIR=canary_tmp)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(os.path.join(p, "ansible_collections")))
     command = [sys.executable, hostctl.SECCOMP_EXEC, "--deny", "userfaultfd:EPERM", "--", sys.executable, postcopy_canary.__file__, str(args)]
