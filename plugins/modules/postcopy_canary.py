@@ -268,7 +268,9 @@ ansible_facts:
           type: bool
           sample: true
         run_as:
-          description: The account QEMU ran as, with C(name), C(uid), C(gid), C(groups), C(source) (V(auto) or V(option)) and C(reason).
+          description:
+            - The account QEMU ran as (O(probe_user) resolved), with C(name), C(uid), C(gid), C(groups), C(source)
+              (V(auto) or V(option)) and C(reason).
           returned: always
           type: dict
           sample: {"name": "libvirt-qemu", "uid": 64055, "gid": 994, "groups": [994, 993], "source": "auto", "reason": "account libvirt-qemu exists"}
