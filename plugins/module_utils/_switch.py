@@ -50,8 +50,6 @@ def _check_become(account):
         raise OSError(0, "supplementary groups are %s after the switch" % sorted(os.getgroups()))
 
 
-
-
 def _close_inherited(keep):
     """Close every descriptor but stdio and the result pipe.
 
