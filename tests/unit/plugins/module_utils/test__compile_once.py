@@ -120,3 +120,13 @@ def test_nothing_changes_outside_a_zip(tmp_path):
     assert result["applied"] is False
     assert result["value"] == 42
     assert result["frame"] == [str(package / "b.py"), 6]
+
+
+def test_every_module_imports_it_before_its_other_module_utils():
+    modules = os.path.join(os.path.dirname(SHIM), "..", "modules")
+    for name in sorted(os.listdir(modules)):
+        if not name.endswith(".py") or name == "__init__.py":
+            continue
+        with open(os.path.join(modules, name)) as handle:
+            ours = [line for line in handle if line.startswith("from ansible_collections.hypervisor.migration.plugins.module_utils")]
+        assert ours[0].startswith("from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once"), name
