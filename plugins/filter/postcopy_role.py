@@ -2,8 +2,8 @@
 # Copyright: hypervisor.migration contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Filters behind the role hypervisor.migration.postcopy: the checks of its variables, the verdict it
-records per host, whether a grant of access applies, the peer groups it judges once per play, and
-the decision and its reason per host.
+records per host, whether a grant of access applies, the peer groups it judges once per play, the
+decision and its reason per host, and the data of its report.
 
 The role's tasks only pass variables and facts in and store what comes out; every rule lives here,
 where a unit test can reach it."""
@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import copy
 import json
 import re
 from collections.abc import Mapping
@@ -50,10 +51,11 @@ _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*[$]?$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+$")
 _REPORT_PATH = re.compile(r".*[^/]\.html$")
 
-# Which consumer reads which directory variable, which must then be absolute.
+# The directory variable of each consumer, which must be absolute where the consumer is in use.
 _CONSUMER_DIRECTORIES = (
     ("local_facts", "postcopy_fact_path"),
     ("nova", "postcopy_nova_conf_dir"),
+    ("kolla", "postcopy_kolla_config_dir"),
 )
 _NOVA_PATH_LISTS = ("postcopy_nova_config_files", "postcopy_nova_config_dirs")
 
@@ -144,15 +146,13 @@ def _peer_group_error(settings, groups, host):
 
 
 def _path_errors(settings):
-    consumers = _setting(settings, "postcopy_consumers", [])
     errors = []
+    for name in _NOVA_PATH_LISTS:
+        errors.extend("%s must hold absolute paths, got %s" % (name, _json(path)) for path in _setting(settings, name, []) if not _is_absolute(path))
+    consumers = _setting(settings, "postcopy_consumers", [])
     for consumer, name in _CONSUMER_DIRECTORIES:
         if consumer in consumers and not _is_absolute(settings[name]):
             errors.append("%s must be an absolute path, got %s" % (name, _json(settings[name])))
-    for name in _NOVA_PATH_LISTS:
-        errors.extend("%s must hold absolute paths, got %s" % (name, _json(path)) for path in _setting(settings, name, []) if not _is_absolute(path))
-    if "kolla" in consumers and not _is_absolute(settings["postcopy_kolla_config_dir"]):
-        errors.append("postcopy_kolla_config_dir must be an absolute path, got %s" % _json(settings["postcopy_kolla_config_dir"]))
     return errors
 
 
@@ -502,6 +502,92 @@ def decision(one_verdict, peer_groups):
     }
 
 
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+REPORT_TITLE = "Post-copy live migration readiness"
+_NO_VERDICT_ROW = "no verdict: the role did not finish probing this host"
+# What a row holds where a verdict lacks a field.
+_ROW_DEFAULTS = {
+    "supported": False,
+    "missing_features": [],
+    "causes": [],
+    "peer_group": "",
+    "page_size": None,
+    "target_page_size": None,
+    "hugepages_reserved": [],
+    "memory_backends": [],
+    "qemu_version": None,
+    "qemu_binary": None,
+    "qemu_uses_device": None,
+    "access": None,
+    "probe_user": None,
+    "kernel": None,
+    "canary": {"ran": False, "ok": None, "status": None, "total_time_ms": None, "downtime_ms": None, "error": None},
+    "grant": {"method": "none", "note": ""},
+}
+# What the report shows of each consumer's registered result (postcopy_nova_config's, under "nova" for both).
+_CONSUMER_FIELDS = (
+    ("nova", "__postcopy_nova", ("value", "file", "line", "why", "evaluator", "conflict")),
+    ("kolla", "__postcopy_kolla", ("value", "file", "line")),
+)
+
+
+def _host_vars(hostvars, host):
+    try:
+        found = hostvars[host]
+    except KeyError:
+        return {}
+    return found if isinstance(found, Mapping) else {}
+
+
+def _consumer_outcome(registered, fields):
+    """The fields of a consumer's outcome the report shows, or None where the consumer did not run."""
+    outcome = (registered if isinstance(registered, Mapping) else {}).get("nova") or {}
+    if "value" not in outcome:
+        return None
+    return dict((field, outcome[field]) for field in fields if field in outcome)
+
+
+def _report_row(host, host_vars, one_verdict):
+    row = copy.deepcopy(_ROW_DEFAULTS)
+    row.update(one_verdict)
+    row.update(
+        host=host,
+        verdict=True,
+        enabled=host_vars.get("postcopy_enabled", False),
+        held_back_by=host_vars.get("__postcopy_held_back_by", []),
+        reason=host_vars.get("__postcopy_reason", ""),
+    )
+    for name, variable, fields in _CONSUMER_FIELDS:
+        row[name] = _consumer_outcome(host_vars.get(variable), fields)
+    return row
+
+
+def report_data(hostvars, play_hosts, feature_ids, play_name="", peer_groups=None):
+    """The report's data: a summary, the missing features in feature_ids' order, a row per play host, the peer groups."""
+    if not is_sequence(play_hosts) or not is_sequence(feature_ids):
+        raise AnsibleFilterError("postcopy_report_data: expected the lists of play hosts and of feature ids")
+    rows, missing_anywhere = [], []
+    counts = {"hosts": 0, "supported": 0, "enabled": 0, "no_verdict": 0}
+    for host in play_hosts:
+        host_vars = _host_vars(hostvars, host)
+        counts["hosts"] += 1
+        one_verdict = host_vars.get("__postcopy_verdict")
+        if one_verdict is None:
+            counts["no_verdict"] += 1
+            rows.append({"host": host, "verdict": False, "supported": None, "enabled": None, "reason": _NO_VERDICT_ROW})
+            continue
+        row = _report_row(host, host_vars, one_verdict)
+        counts["supported"] += 1 if one_verdict.get("supported", False) else 0
+        counts["enabled"] += 1 if row["enabled"] else 0
+        missing_anywhere.extend(f for f in one_verdict.get("missing_features", []) if f not in missing_anywhere)
+        rows.append(row)
+    features = [f for f in feature_ids if f in missing_anywhere] + [f for f in missing_anywhere if f not in feature_ids]
+    return {"title": REPORT_TITLE, "play": play_name or "", "summary": counts, "features": features, "hosts": rows, "peer_groups": peer_groups or {}}
+
+
 class FilterModule(object):
     """hypervisor.migration.postcopy role filters."""
 
@@ -512,6 +598,7 @@ class FilterModule(object):
             "postcopy_grant_plan": grant_plan,
             "postcopy_peer_groups": judge_peer_groups,
             "postcopy_probe_variable_errors": probe_variable_errors,
+            "postcopy_report_data": report_data,
             "postcopy_variable_errors": variable_errors,
             "postcopy_verdict": verdict,
         }

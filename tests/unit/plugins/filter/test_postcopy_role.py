@@ -166,6 +166,10 @@ def test_the_checks_read_the_variables_the_role_passes():
     assert passed == set(ENABLEMENT_NAMES) | {"postcopy_canary", "postcopy_nova_config_files", "postcopy_nova_config_dirs"}
     options = role_yaml("meta", "argument_specs.yml")["argument_specs"]["main"]["options"]
     assert passed | set(PROBE_NAMES) <= set(options)
+    # Every consumer's directory is checked, and the check task passes it.
+    directories = dict(postcopy_role._CONSUMER_DIRECTORIES)
+    assert sorted(directories) == sorted(options["postcopy_consumers"]["choices"])
+    assert set(directories.values()) <= passed
 
 
 # --------------------------------------------------------------------------------------------
@@ -569,11 +573,57 @@ def test_a_group_not_judged_is_one_line():
         lambda: postcopy_role.verdict("facts"),
         lambda: postcopy_role.judge_peer_groups({}, "hv-1", {}),
         lambda: postcopy_role.decision(None, {}),
+        lambda: postcopy_role.report_data({}, "hv-1", []),
     ],
 )
 def test_bad_input_is_one_line(call):
     with pytest.raises(AnsibleFilterError, match="^postcopy_[a-z_]+: expected"):
         call()
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+NOVA_RESULT = {
+    "changed": False,
+    "nova": {"value": True, "file": "/etc/nova/nova.conf.d/50-hypervisor-migration-postcopy.conf", "line": 3, "why": "drop-in", "evaluator": "oslo"},
+}
+
+
+def reported_host(group, enabled, **changes):
+    host_vars = recorded(group, **changes)
+    host_vars.update(postcopy_enabled=enabled, __postcopy_held_back_by=[], __postcopy_reason="QEMU can do post-copy here.")
+    return host_vars
+
+
+def test_the_report_has_a_row_per_play_host_and_the_counts():
+    hostvars = {
+        "hv-a": dict(reported_host("", True), __postcopy_nova=NOVA_RESULT, __postcopy_kolla={"skipped": True}),
+        "hv-b": reported_host("", False, supported=False, missing_features=["userfaultfd", "shiny"], causes=[SECCOMP]),
+        "hv-c": {"postcopy_enabled": False},
+        "hv-d": reported_host("", False, supported=False, missing_features=["canary", "userfaultfd"]),
+    }
+    data = postcopy_role.report_data(hostvars, ["hv-a", "hv-b", "hv-c", "hv-d"], ["userfaultfd", "uffdio_api", "canary"], "Readiness", {"g": {}})
+    assert (data["title"], data["play"], data["peer_groups"]) == ("Post-copy live migration readiness", "Readiness", {"g": {}})
+    assert data["summary"] == {"hosts": 4, "supported": 1, "enabled": 1, "no_verdict": 1}
+    # The known ids in their order, then the unknown ones as found.
+    assert data["features"] == ["userfaultfd", "canary", "shiny"]
+    a, b, c, d = data["hosts"]
+    assert (a["host"], a["verdict"], a["enabled"], a["supported"], a["peer_group"]) == ("hv-a", True, True, True, "")
+    assert a["nova"] == {k: NOVA_RESULT["nova"][k] for k in ("value", "file", "line", "why", "evaluator")}
+    assert a["kolla"] is None and b["nova"] is None
+    # What the verdict lacks comes from the defaults.
+    assert a["canary"]["ran"] is False and a["grant"] == {"method": "none", "note": ""} and a["qemu_version"] is None
+    assert b["missing_features"] == ["userfaultfd", "shiny"] and b["causes"] == [SECCOMP]
+    assert c == {"host": "hv-c", "verdict": False, "supported": None, "enabled": None, "reason": "no verdict: the role did not finish probing this host"}
+    assert d["enabled"] is False and d["reason"] == "QEMU can do post-copy here."
+
+
+def test_the_report_rows_do_not_share_the_defaults():
+    data = postcopy_role.report_data({"a": reported_host("", True), "b": reported_host("", True)}, ["a", "b"], [])
+    data["hosts"][0]["canary"]["ran"] = True
+    assert data["hosts"][1]["canary"]["ran"] is False and postcopy_role._ROW_DEFAULTS["canary"]["ran"] is False
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,13 +647,14 @@ def test_every_filter_is_registered_and_documented_with_its_arguments():
     assert set(filters) <= documented
 
 
-def test_the_role_no_longer_computes_in_templates():
+def test_the_role_computes_nothing_in_templates():
+    """Only the files the role writes are templates; no task builds data in Jinja and parses it back."""
     templates = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROLE, "templates", "*.j2")))
-    assert not set(templates) & {"peer_groups.json.j2", "reason.j2", "grant_precondition.j2", "grant_note.j2"}
+    assert templates == ["report.html.j2", "userfaultfd-sysctl.conf.j2", "userfaultfd.rules.j2"]
     for path in glob.glob(os.path.join(ROLE, "tasks", "*.yml")):
         with open(path) as handle:
             text = handle.read()
-        assert "errors.append" not in text and "from_json }}" not in text.replace("report_data.json.j2') | from_json }}", ""), path
+        assert "errors.append" not in text and "from_json" not in text and "lookup('ansible.builtin.template'" not in text, path
 
 
 def test_the_deprecated_switch_is_documented_as_such():
