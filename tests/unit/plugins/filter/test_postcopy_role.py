@@ -157,6 +157,36 @@ def test_enablement_values_that_pass(changes):
     assert postcopy_role.variable_errors(enablement_settings(**changes), GROUPS, "hv-1") == []
 
 
+def probe_module_errors(**changes):
+    """What postcopy_facts itself says of the probe values (its own option names)."""
+    from ansible_collections.hypervisor.migration.plugins.modules import postcopy_facts
+
+    params = {"target_page_size": 4096, "timeout": 10, "probe_user": "auto", "qemu_binary": "auto", "memory_backends": ["anonymous"]}
+    params.update(changes)
+    return postcopy_facts.validate_params(params)
+
+
+@pytest.mark.parametrize("size", [0, 512, 1000, 1024, 3000, 4096, 65536, 1 << 29, 1 << 30, (1 << 30) + 1024, 1 << 31])
+def test_the_role_accepts_the_target_page_sizes_the_probe_accepts(size):
+    role = postcopy_role.probe_variable_errors(probe_settings(postcopy_target_page_size=size))
+    assert bool(role) == bool(probe_module_errors(target_page_size=size))
+
+
+@pytest.mark.parametrize("timeout", [0, 1, 3600, 3601])
+def test_the_role_accepts_the_probe_timeouts_the_probe_accepts(timeout):
+    role = postcopy_role.probe_variable_errors(probe_settings(postcopy_probe_timeout=timeout))
+    assert bool(role) == bool(probe_module_errors(timeout=timeout))
+
+
+def test_the_roles_ranges_and_backends_are_the_modules():
+    from ansible_collections.hypervisor.migration.plugins.module_utils import _canary
+    from ansible_collections.hypervisor.migration.plugins.modules import postcopy_facts
+
+    assert postcopy_role.CANARY_MEMORY_MB_RANGE == _canary.MEMORY_MB_RANGE
+    assert postcopy_role.CANARY_TIMEOUT_RANGE == _canary.TIMEOUT_RANGE
+    assert list(postcopy_role.MEMORY_BACKENDS) == postcopy_facts.ARGUMENT_SPEC["memory_backends"]["choices"]
+
+
 def test_the_checks_read_the_variables_the_role_passes():
     """Each check task hands the filter exactly the variables the filter reads."""
     (probe_task,) = role_yaml("tasks", "validate_probe.yml")
