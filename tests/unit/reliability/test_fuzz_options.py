@@ -498,7 +498,7 @@ ROLE_BAD_VALUES = [
     ("postcopy_consumers", ["nova", "glance"]),
     ("postcopy_nova_conflicts", "ignore"),
     ("postcopy_nova_config_dirs", {"dir": "/etc/nova/nova.conf.d"}),
-    ("postcopy_canary", [1, 2]),
+    ("postcopy_run_canary", [1, 2]),
 ]
 
 

@@ -70,7 +70,7 @@ all:
         postcopy_peer_group: rack2
       hosts:
         hv-c:
-          postcopy_canary: true
+          postcopy_run_canary: true
           postcopy_canary_memory_mb: 64
         hv-d:
     alone:
