@@ -163,7 +163,7 @@ def probe_module_errors(**changes):
 
     params = {"target_page_size": 4096, "timeout": 10, "probe_user": "auto", "qemu_binary": "auto", "memory_backends": ["anonymous"]}
     params.update(changes)
-    return postcopy_facts.validate_params(params)
+    return [error for error in postcopy_facts.option_errors(params) if error]
 
 
 @pytest.mark.parametrize("size", [0, 512, 1000, 1024, 3000, 4096, 65536, 1 << 29, 1 << 30, (1 << 30) + 1024, 1 << 31])
