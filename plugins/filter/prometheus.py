@@ -53,7 +53,18 @@ def _number(value):
         return "%d" % value
     if isinstance(value, float):
         return repr(value)
-    raise AnsibleFilterError("postcopy_prometheus_textfile: a sample value must be a number or a boolean, got %r" % (value,))
+    raise _not_a_number(value)
+
+
+def _not_a_number(value):
+    return AnsibleFilterError("postcopy_prometheus_textfile: a sample value must be a number or a boolean, got %r" % (value,))
+
+
+def _seconds(milliseconds):
+    """Seconds from the milliseconds QEMU reports."""
+    if isinstance(milliseconds, bool) or not isinstance(milliseconds, (int, float)):
+        raise _not_a_number(milliseconds)
+    return milliseconds / 1000.0
 
 
 def _labels(pairs):
@@ -105,7 +116,7 @@ def _canary_lines(canary):
     lines = _family(CANARY_SUCCESS, [([], bool(canary.get("ok")))])
     for family, key in ((CANARY_DOWNTIME, "downtime_ms"), (CANARY_DURATION, "total_time_ms")):
         if canary.get(key) is not None:
-            lines.extend(_family(family, [([], canary[key] / 1000.0)]))
+            lines.extend(_family(family, [([], _seconds(canary[key]))]))
     return lines
 
 
