@@ -88,7 +88,7 @@ def test_supported_but_held_back_by_its_peer_group():
 
 def test_every_feature_and_cause_id_is_a_valid_label_value_as_it_is():
     # The ids of the facts go into the file unchanged, whichever they are.
-    causes = [(feature, cause) for feature, cause in zip(FEATURES, CAUSES * 2)]
+    causes = list(zip(FEATURES, CAUSES * 2))
     found = samples(prometheus.prometheus_textfile(verdict(causes), False, now=NOW))
     labels = [dict(labels) for name, labels in found if name == "hypervisor_postcopy_missing_feature"]
     assert sorted((d["feature"], d["cause"]) for d in labels) == sorted(causes)
