@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The role's consumers are defined once: the choices of postcopy_consumers in
 meta/argument_specs.yml. Each has its tasks file tasks/consumers/<name>.yml, which tasks/consumers.yml
-includes by name, and the docs describe each."""
+includes by name, and a paragraph of that option's description, which ansible-doc shows."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -46,10 +46,9 @@ def test_the_consumers_are_included_by_name_only():
 
 
 def test_the_docs_describe_every_consumer():
-    descriptions = "\n".join(spec()["description"])
-    role_rst = read("docs", "docsite", "rst", "role.rst")
-    readme = read("roles", "postcopy", "README.md")
+    # The role's reference (ansible-doc -t role, and the role's page that antsibull-docs builds) is
+    # the description of postcopy_consumers: a new consumer is documented there, in the one spec
+    # file it touches anyway. role.rst and the README show examples and need not list them all.
+    paragraphs = spec()["description"]
     for name in consumers():
-        assert "V(%s)" % name in descriptions, name
-        assert "-  ``%s``:" % name in role_rst, name
-        assert "`%s`" % name in readme, name
+        assert [line for line in paragraphs if line.startswith("V(%s) " % name)], "no paragraph of postcopy_consumers starts with V(%s)" % name
