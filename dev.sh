@@ -33,9 +33,10 @@ PYTHON=${PYTHON:-python3}
 # ansible-test sanity runs shellcheck on shell scripts, libvirt0 (the library alone, no daemon) is
 # the oracle for libvirt's configuration file grammar, debootstrap makes the Debian 12 and 13 roots
 # whose libvirt and QEMU the agreement stage runs (tests/tools/debroot.py, cached in /var/cache),
-# the ssh stage starts its own sshd and becomes root through sudo.
+# the ssh stage starts its own sshd and becomes root through sudo, the role's prometheus consumer is
+# scraped through a node_exporter the unit test starts and its file checked with promtool (prometheus).
 APT_TEST_PACKAGES=(qemu-system-x86 qemu-utils python3-seccomp libseccomp2 chromium fonts-liberation passwd shellcheck libvirt0 debootstrap
-    openssh-server sudo)
+    openssh-server sudo prometheus-node-exporter prometheus)
 POLICY_RC=/usr/sbin/policy-rc.d
 PREFLIGHT_REQUIREMENTS=tests/requirements-preflight.txt
 TEST_REQUIREMENTS=tests/requirements.txt

@@ -52,11 +52,8 @@ _SERVICE_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+$")
 _REPORT_PATH = re.compile(r".*[^/]\.html$")
 
 # The directory variable of each consumer, which must be absolute where the consumer is in use.
-_CONSUMER_DIRECTORIES = (
-    ("local_facts", "postcopy_fact_path"),
-    ("nova", "postcopy_nova_conf_dir"),
-    ("kolla", "postcopy_kolla_config_dir"),
-)
+# A consumer's directories are its variables named postcopy_<consumer>_..._dir; local_facts' is older.
+_NAMED_DIRECTORIES = {"local_facts": ("postcopy_fact_path",)}
 _NOVA_PATH_LISTS = ("postcopy_nova_config_files", "postcopy_nova_config_dirs")
 
 _NO_VERDICT = "no verdict in this play: not targeted, limited out or unreachable"
@@ -150,10 +147,17 @@ def _path_errors(settings):
     for name in _NOVA_PATH_LISTS:
         errors.extend("%s must hold absolute paths, got %s" % (name, _json(path)) for path in _setting(settings, name, []) if not _is_absolute(path))
     consumers = _setting(settings, "postcopy_consumers", [])
-    for consumer, name in _CONSUMER_DIRECTORIES:
-        if consumer in consumers and not _is_absolute(settings[name]):
-            errors.append("%s must be an absolute path, got %s" % (name, _json(settings[name])))
+    for consumer in consumers:
+        for name in _consumer_directories(consumer, settings):
+            if not _is_absolute(settings[name]):
+                errors.append("%s must be an absolute path, got %s" % (name, _json(settings[name])))
     return errors
+
+
+def _consumer_directories(consumer, settings):
+    prefix = "postcopy_%s_" % consumer
+    convention = sorted(name for name in settings if name.startswith(prefix) and name.endswith("_dir"))
+    return list(_NAMED_DIRECTORIES.get(consumer, ())) + convention
 
 
 def canary_switch_alias_error(value):
