@@ -156,6 +156,14 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def meminfo_kib(key):
+    """A /proc/meminfo field (MemTotal, MemAvailable, ...) in KiB; 0 when it cannot be read."""
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 def loadavg():
     text = _read("/proc/loadavg", "")
     return [float(x) for x in text.split()[:3]] if text else None
@@ -167,10 +175,7 @@ def ansible_core_version(python):
 
 
 def machine_info(python):
-    mem_kb = 0
-    for line in (_read("/proc/meminfo") or "").splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
+    mem_kb = meminfo_kib("MemTotal")
     version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], stdout=subprocess.PIPE, check=False)
     hf = subprocess.run([hyperfine_path() or "hyperfine", "--version"], stdout=subprocess.PIPE, check=False) if hyperfine_path() else None
     return {

@@ -79,3 +79,30 @@ def test_async_job_files_stay_in_the_workdir(tmp_path):
     ctx.run(argv, env=env)
     assert not (home / ".ansible_async").exists()
     assert os.listdir(os.path.join(str(tmp_path), "async"))
+
+
+def test_the_quick_run_leaves_out_the_full_only_figures():
+    quick = [name for name, _func in bench.selected_figures("quick", set())]
+    full = [name for name, _func in bench.selected_figures("full", set())]
+    assert "fleet_mitogen" in full and "fleet_mitogen" not in quick
+    assert set(full) - set(quick) == bench.FULL_ONLY
+    # Named with --only, it runs in a quick run too.
+    assert [name for name, _func in bench.selected_figures("quick", {"fleet_mitogen"})] == ["fleet_mitogen"]
+
+
+def test_a_mitogen_fleet_that_does_not_fit_in_memory_is_not_started(monkeypatch):
+    memory = {"MemTotal": 24 << 20, "MemAvailable": 20 << 20}
+    monkeypatch.setattr(bench.benchlib, "meminfo_kib", lambda key: memory[key])
+    assert bench.mitogen_memory_shortfall(50) is None
+    why = bench.mitogen_memory_shortfall(1000)
+    assert why.startswith("not started:") and "1000 hosts need about 68.4 GiB" in why and "14.0 GiB is available" in why
+
+
+def test_an_engine_that_refuses_is_reported_with_its_error_and_does_not_fail_the_run(tmp_path):
+    ctx = bench.Context("quick", str(tmp_path))
+    commands = [("ping", ["true"]), ("ours", ["sh", "-c", "echo 'fatal: [ssh0001]: FAILED! => {\"msg\": \"boom\"}'; echo ok=0; exit 2"])]
+    label, error = bench._which_failed(ctx, commands, ctx.env)
+    assert (label, error) == ("ours", 'fatal: [ssh0001]: FAILED! => {"msg": "boom"}')
+    row = bench.refused_row("fleet over SSH, Mitogen", "<= 1.10", error)
+    assert row["status"] == "refused" and "boom" in row["note"]
+    assert bench.exit_status([row]) == 0
