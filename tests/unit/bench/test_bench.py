@@ -106,3 +106,16 @@ def test_an_engine_that_refuses_is_reported_with_its_error_and_does_not_fail_the
     row = bench.refused_row("fleet over SSH, Mitogen", "<= 1.10", error)
     assert row["status"] == "refused" and "boom" in row["note"]
     assert bench.exit_status([row]) == 0
+
+
+def test_a_fleet_without_the_module_alone_has_only_the_rows_against_ping(tmp_path):
+    ctx = bench.Context("full", str(tmp_path))
+    assert [label for label, _argv in bench._ssh_playbooks(ctx, None)] == ["ping", "module", "ours"]
+    ctx.size = dict(ctx.size, ssh_module=False)
+    assert [label for label, _argv in bench._ssh_playbooks(ctx, None)] == ["ping", "ours"]
+    times = {"ping": BASE, "ours": scaled(1.05)}
+    rows = bench._ssh_rows("fleet over SSH", "2 hosts", "fleet_ssh", times, times, times)
+    assert [row["figure"].strip() for row in rows] == [
+        "fleet over SSH (2 hosts)",
+        "peak controller memory, preflight / ping (ansible-playbook + its workers, summed RSS)",
+    ]
