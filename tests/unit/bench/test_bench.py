@@ -4,7 +4,9 @@
 """How bench/ judges a ratio: CI fails only on a miss beyond the noise the run measured."""
 
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -119,3 +121,30 @@ def test_a_fleet_without_the_module_alone_has_only_the_rows_against_ping(tmp_pat
         "fleet over SSH (2 hosts)",
         "peak controller memory, preflight / ping (ansible-playbook + its workers, summed RSS)",
     ]
+
+
+def test_stopping_a_benchmark_command_stops_everything_it_started():
+    # As hyperfine starts a playbook that starts workers and ssh clients: a child with a grandchild.
+    proc = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"], start_new_session=True)
+    time.sleep(0.3)
+    assert len(running_in_group(proc.pid)) == 3
+    benchlib.stop_group(proc)
+    assert running_in_group(proc.pid) == []
+
+
+def running_in_group(pgid):
+    """The processes of a process group that still run (an orphan's zombie waits for whoever reaps it)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(pid))
+    return found
+
+
+def test_a_benchmark_command_that_fails_gives_its_status_and_output():
+    assert benchlib.run_group(["sh", "-c", "echo out; echo err >&2; exit 3"]) == (3, b"out\nerr\n")
