@@ -17,6 +17,7 @@ exit status: they depend on the machine, ratios far less.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import pwd
@@ -826,6 +827,22 @@ def noise_note(info):
     return None
 
 
+_WORKDIR_LOCKS = []
+
+
+def claim_workdir(workdir):
+    """Hold WORKDIR.lock for as long as this process lives; False when another run holds it (it would
+    empty the directory under that run's feet)."""
+    handle = open(workdir + ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return False
+    _WORKDIR_LOCKS.append(handle)
+    return True
+
+
 def _exit_on_signal(signum, _frame):
     # A SystemExit unwinds through the figures' finally blocks: the SSH fleet is stopped and removed.
     raise SystemExit(128 + signum)
@@ -854,6 +871,9 @@ def main(argv=None):
         return 2
     os.makedirs(RESULTS, exist_ok=True)
     workdir = os.path.join(RESULTS, "work-%s" % mode)
+    if not claim_workdir(workdir):
+        log("another bench/run of this checkout is using %s: run one %s run at a time" % (os.path.relpath(workdir, REPO), mode))
+        return 2
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
     ctx = Context(mode, workdir)

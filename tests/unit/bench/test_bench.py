@@ -148,3 +148,11 @@ def running_in_group(pgid):
 
 def test_a_benchmark_command_that_fails_gives_its_status_and_output():
     assert benchlib.run_group(["sh", "-c", "echo out; echo err >&2; exit 3"]) == (3, b"out\nerr\n")
+
+
+def test_two_runs_never_share_a_work_directory(tmp_path):
+    workdir = str(tmp_path / "work-full")
+    assert bench.claim_workdir(workdir)
+    claim = "import sys; sys.path.insert(0, %r); import bench; sys.exit(0 if bench.claim_workdir(%r) else 3)"
+    other = subprocess.run([sys.executable, "-c", claim % (os.path.join(REPO, "bench"), workdir)], check=False)
+    assert other.returncode == 3
