@@ -17,10 +17,12 @@ exit status: they depend on the machine, ratios far less.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -53,6 +55,16 @@ FORKS = 20
 # The SSH fleet: forks as a real fleet run would use them, and a loopback range apart from tests/ssh's 127.0.0.x.
 SSH_FORKS = 50
 SSH_NETWORK = "127.1"
+# Mitogen for Ansible's strategy, the one tests/ssh/test_mitogen.py runs the preflight under.
+MITOGEN_STRATEGY = "mitogen_linear"
+# Mitogen keeps each host's SSH connection and its Python interpreters (the login account's and root's,
+# through sudo) for the whole play; with the managed hosts on this machine they all live here. Measured:
+# about 70 MiB per host, controller included (200 hosts: 14 GiB more in use; 9 processes per host). A
+# fleet that does not fit in what the machine has available, less a quarter of its memory left to other
+# work, is not started.
+MITOGEN_MIB_PER_HOST = 70
+# Figures that cost more than a minute at the quick run's sizes: full runs (or --only) only.
+FULL_ONLY = {"fleet_mitogen"}
 OPTIONS = {"strict": os.environ.get("BENCH_STRICT", "") not in ("", "0")}
 
 GOALS = {
@@ -63,6 +75,7 @@ GOALS = {
     "fleet": 1.2,
     "fleet_memory": 1.10,
     "fleet_ssh": 1.10,
+    "fleet_mitogen": 1.10,
     "facts_modules": 1.10,
     "fact_cache": 1.00,
     "canary": 2.0,
@@ -103,6 +116,8 @@ class Context(object):
         self.inventory = os.path.join(workdir, "inventory.ini")
         self._write_inventory(self.size["fleet_hosts"])
         self.env = self._env()
+        # What the last SSH fleet left behind when it stopped (Fleet.leftovers()).
+        self.left_behind = []
 
     @staticmethod
     def _account():
@@ -438,51 +453,108 @@ def _ssh_inventory(path, fleet, addresses):
         handle.write("\n".join(lines) + "\n")
 
 
-def _ssh_commands(ctx, account):
-    memwatch = [ctx.python, os.path.join(BENCH, "memwatch.py")]
+def _ssh_playbooks(ctx, account):
+    """(label, argv) of the three SSH fleet playbooks: ping, postcopy_facts alone, the preflight."""
     forks = ["-f", str(SSH_FORKS)]
-    runs = [
+    playbooks = [
         ("ping", ctx.playbook("ping.yml", "-e", "bench_hosts=sshfleet", *forks)),
         ("module", ctx.playbook("facts.yml", "-e", "bench_hosts=sshfleet", "-e", "bench_probe_user=%s" % (account or "auto"), *forks)),
         ("ours", [ctx.tool("ansible-playbook"), "hypervisor.migration.preflight", "-e", "postcopy_preflight_hosts=sshfleet"] + forks
          + (["-e", "postcopy_probe_user=%s" % account] if account else [])),
     ]
-    return [(label, memwatch + [ctx.path("ssh-%s.mem" % label), "--"] + ctx.timed("ssh-" + label, argv)) for label, argv in runs]
+    # --ssh-skip-module: a third less time for a big fleet, without the rows against the module alone.
+    return [(label, argv) for label, argv in playbooks if label != "module" or ctx.size.get("ssh_module", True)]
 
 
-def fig_fleet_ssh(ctx):
-    """The preflight playbook / a ping playbook over real SSH: a login account that becomes root with sudo, pipelining on."""
+def _ssh_commands(ctx, prefix, playbooks):
+    """The playbooks under the memory watcher and GNU time, their files named PREFIX-LABEL.*"""
+    memwatch = [ctx.python, os.path.join(BENCH, "memwatch.py")]
+    name = "%s-%%s" % prefix
+    return [(label, memwatch + [ctx.path(name % label + ".mem"), "--"] + ctx.timed(name % label, argv)) for label, argv in playbooks]
+
+
+class EngineRefused(Exception):
+    """The engine could not run one of the playbooks at all: what it said is the figure."""
+
+
+def _ansible_errors(output, limit=1500):
+    """The lines of ansible-playbook's output that say what went wrong (fatal:, ERROR!, FAILED!, ...)."""
+    marks = ("fatal:", "ERROR", "FAILED", "UNREACHABLE", "Traceback", "Error:", "[WARNING]: Unhandled")
+    lines = [line for line in output.splitlines() if any(mark in line for mark in marks)]
+    return ("\n".join(lines) or output)[-limit:]
+
+
+def _which_failed(ctx, commands, env):
+    """Run each command once more; (label, ansible-playbook's error lines) of the first that fails, or None."""
+    for label, argv in commands:
+        proc = subprocess.run(argv, env=env, cwd=ctx.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            return label, _ansible_errors(proc.stdout.decode("utf-8", "replace"))
+    return None
+
+
+def _ssh_fleet_run(ctx, prefix, engine_env=None):
+    """ping, postcopy_facts alone and the preflight, interleaved, over a fresh SSH fleet; times, memory and CPU by label.
+
+    engine_env: more environment (another strategy). Raises EngineRefused when a playbook fails
+    under that engine, with the playbook and Ansible's error; BenchError for any other failure.
+    """
     hosts = ctx.size["ssh_hosts"]
-    figure = "fleet over SSH: preflight playbook / ping playbook"
-    if os.geteuid() != 0 or not os.access(sshfleet.SSHD, os.X_OK):
-        return [pending_row(figure, "<= %.2f" % GOALS["fleet_ssh"], "needs root and Debian's openssh-server (./dev.sh setup installs it)")]
     addresses = ["%s.%d.%d" % (SSH_NETWORK, n // 250, n % 250 + 1) for n in range(hosts)]
     # As many connections at once as there are forks, the unauthenticated ones included.
     fleet = sshfleet.Fleet(sshfleet.layout(addresses), extra="MaxStartups %d\n" % (SSH_FORKS * 4))
+    playbooks = _ssh_playbooks(ctx, ctx.account)
     try:
         log("SSH fleet: %d hosts behind %d sshd" % (hosts, len(fleet.layout)))
         fleet.start()
-        inventory = ctx.path("ssh-inventory.ini")
+        inventory = ctx.path("%s-inventory.ini" % prefix)
         _ssh_inventory(inventory, fleet, addresses)
         # One connection per host and task either way (pipelining); no master outlives its run to help the next one.
-        env = dict(fleet.env(ctx.env, control_persist="no"), ANSIBLE_INVENTORY=inventory)
-        times = ctx.hyperfine("ssh", _ssh_commands(ctx, ctx.account), ctx.size["ssh_runs"], warmup=0, env=env)
+        env = dict(fleet.env(ctx.env, control_persist="no"), ANSIBLE_INVENTORY=inventory, **(engine_env or {}))
+        try:
+            times = ctx.hyperfine(prefix, _ssh_commands(ctx, prefix, playbooks), ctx.size["ssh_runs"], warmup=0, env=env)
+        except BenchError as exc:
+            if not engine_env:
+                raise
+            failed = _which_failed(ctx, playbooks, env)
+            if failed is None:
+                raise
+            raise EngineRefused("%s exited non-zero: %s" % failed) from exc
     finally:
         fleet.stop()
+        ctx.left_behind = fleet.leftovers()
+    labels = [label for label, _argv in playbooks]
     probed = [sum(c.get("ok", 0) for a, c in r["actions"].items() if a.endswith("postcopy_facts"))
-              for label in ("ours", "module") for r in timing_records(ctx.path("ssh-%s.jsonl" % label))]
-    pinged = [r["actions"].get("ansible.builtin.ping", {}).get("ok", 0) for r in timing_records(ctx.path("ssh-ping.jsonl"))]
+              for label in labels if label != "ping" for r in timing_records(ctx.path("%s-%s.jsonl" % (prefix, label)))]
+    pinged = [r["actions"].get("ansible.builtin.ping", {}).get("ok", 0) for r in timing_records(ctx.path("%s-ping.jsonl" % prefix))]
     if any(p != hosts for p in probed + pinged):
         raise BenchError("not every one of the %d SSH hosts answered: probed %s, pinged %s" % (hosts, probed, pinged))
-    mem = dict((label, [r["controller_peak"] for r in timing_records(ctx.path("ssh-%s.mem" % label))]) for label in ("ours", "module", "ping"))
-    cpu = dict((label, ctx.cpu("ssh-" + label)) for label in ("ours", "module", "ping"))
-    label = "%d hosts, forks %d, become (sudo), pipelining, probe_user %s" % (hosts, SSH_FORKS, ctx.account or "auto")
+    mem = dict((label, [r["controller_peak"] for r in timing_records(ctx.path("%s-%s.mem" % (prefix, label)))]) for label in labels)
+    cpu = dict((label, ctx.cpu("%s-%s" % (prefix, label))) for label in labels)
+    return times, mem, cpu
+
+
+def left_behind_row(ctx):
+    """Nothing of the SSH fleet outlives its figure: no sshd, no login account or sudoers drop-in, no directory."""
+    return check_row("  left behind by the SSH fleet (sshd processes, login account, sudoers drop-in, directory)", len(ctx.left_behind), 0,
+                     note=", ".join(ctx.left_behind) or None)
+
+
+def _ssh_rows(figure, label, goal_key, times, mem, cpu):
+    """The rows of an SSH fleet figure: time against ping and against the module alone, controller memory the same way."""
+    if "module" not in times:
+        return [
+            ratio_row("%s (%s)" % (figure, label), times["ours"], times["ping"], GOALS[goal_key], cpu=(cpu["ours"], cpu["ping"]),
+                      known_miss=UNREACHABLE.get(goal_key)),
+            ratio_row("  peak controller memory, preflight / ping (ansible-playbook + its workers, summed RSS)", mem["ours"], mem["ping"],
+                      GOALS["fleet_memory"], fmt=fmt_mib, gating=False),
+        ]
     return [
-        ratio_row("%s (%s)" % (figure, label), times["ours"], times["ping"], GOALS["fleet_ssh"], cpu=(cpu["ours"], cpu["ping"]),
-                  known_miss=UNREACHABLE["fleet_ssh"]),
+        ratio_row("%s (%s)" % (figure, label), times["ours"], times["ping"], GOALS[goal_key], cpu=(cpu["ours"], cpu["ping"]),
+                  known_miss=UNREACHABLE.get(goal_key)),
         ratio_row("  preflight playbook / postcopy_facts alone, one task: what the playbook adds to the module", times["ours"], times["module"],
-                  GOALS["fleet_ssh"], cpu=(cpu["ours"], cpu["module"])),
-        ratio_row("  postcopy_facts alone, one task / ping playbook", times["module"], times["ping"], GOALS["fleet_ssh"], gating=False,
+                  GOALS[goal_key], cpu=(cpu["ours"], cpu["module"])),
+        ratio_row("  postcopy_facts alone, one task / ping playbook", times["module"], times["ping"], GOALS[goal_key], gating=False,
                   cpu=(cpu["module"], cpu["ping"])),
         # As for the time above: what the module itself costs on the controller is not the playbook's to
         # save, so the gate is what the preflight adds to the module (measured 1.237, 1.417 against ping).
@@ -490,6 +562,71 @@ def fig_fleet_ssh(ctx):
                   GOALS["fleet_memory"], fmt=fmt_mib, gating=False),
         ratio_row("  peak controller memory, preflight / postcopy_facts alone", mem["ours"], mem["module"], GOALS["fleet_memory"], fmt=fmt_mib),
     ]
+
+
+def _ssh_fleet_missing():
+    if os.geteuid() != 0 or not os.access(sshfleet.SSHD, os.X_OK):
+        return "needs root and Debian's openssh-server (./dev.sh setup installs it)"
+    return None
+
+
+def fig_fleet_ssh(ctx):
+    """The preflight playbook / a ping playbook over real SSH: a login account that becomes root with sudo, pipelining on."""
+    figure = "fleet over SSH: preflight playbook / ping playbook"
+    missing = _ssh_fleet_missing()
+    if missing:
+        return [pending_row(figure, "<= %.2f" % GOALS["fleet_ssh"], missing)]
+    times, mem, cpu = _ssh_fleet_run(ctx, "ssh")
+    label = "%d hosts, forks %d, become (sudo), pipelining, probe_user %s" % (ctx.size["ssh_hosts"], SSH_FORKS, ctx.account or "auto")
+    return _ssh_rows(figure, label, "fleet_ssh", times, mem, cpu) + [left_behind_row(ctx)]
+
+
+def mitogen_strategy_plugins():
+    """The directory of Mitogen's strategy plugins in the controller's Python (PyPI ``mitogen``), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ansible_mitogen")
+    if spec is None or not spec.origin:
+        return None
+    return os.path.join(os.path.dirname(spec.origin), "plugins", "strategy")
+
+
+def mitogen_memory_shortfall(hosts):
+    """Why a Mitogen fleet of ``hosts`` would not fit in this machine's memory now, or None."""
+    need = hosts * MITOGEN_MIB_PER_HOST
+    spare = (benchlib.meminfo_kib("MemAvailable") - benchlib.meminfo_kib("MemTotal") // 4) // 1024
+    if need <= spare:
+        return None
+    return ("not started: Mitogen holds every host's connection and two Python interpreters (login account, root) open for the "
+            "whole play, about %d MiB per host here where the managed hosts share the controller's memory: %d hosts need about "
+            "%.1f GiB, and %.1f GiB is available beyond the quarter of the memory left to other work"
+            % (MITOGEN_MIB_PER_HOST, hosts, need / 1024.0, max(spare, 0) / 1024.0))
+
+
+def refused_row(figure, goal, error):
+    return {"figure": figure, "ours": "not run", "baseline": "-", "ratio": "-", "cpu": "-", "goal": goal,
+            "pass": "NOT RUN: the engine refused (info)", "status": "refused", "gating": False, "values": {"error": error}, "note": error}
+
+
+def fig_fleet_mitogen(ctx):
+    """fleet_ssh under Mitogen's strategy: preflight / ping, both under mitogen_linear, over the same kind of SSH fleet."""
+    figure = "fleet over SSH, Mitogen (%s): preflight playbook / ping playbook under Mitogen" % MITOGEN_STRATEGY
+    goal = "<= %.2f" % GOALS["fleet_mitogen"]
+    missing = _ssh_fleet_missing()
+    plugins = mitogen_strategy_plugins()
+    if missing or plugins is None:
+        return [pending_row(figure, goal, missing or "needs Mitogen for Ansible (PyPI mitogen, in tests/requirements.txt; ./dev.sh setup)")]
+    shortfall = mitogen_memory_shortfall(ctx.size["ssh_hosts"])
+    if shortfall:
+        return [pending_row(figure, goal, shortfall)]
+    engine_env = {"ANSIBLE_STRATEGY_PLUGINS": plugins, "ANSIBLE_STRATEGY": MITOGEN_STRATEGY}
+    try:
+        times, mem, cpu = _ssh_fleet_run(ctx, "mitogen", engine_env)
+    except EngineRefused as exc:
+        log("Mitogen could not run a playbook: %s" % exc)
+        return [refused_row(figure, goal, "Mitogen %s: %s" % (MITOGEN_STRATEGY, exc)), left_behind_row(ctx)]
+    label = "%d hosts, forks %d, become (sudo), probe_user %s" % (ctx.size["ssh_hosts"], SSH_FORKS, ctx.account or "auto")
+    return _ssh_rows(figure, label, "fleet_mitogen", times, mem, cpu) + [left_behind_row(ctx)]
 
 
 def fig_facts_modules(ctx):
@@ -643,6 +780,7 @@ FIGURES = [
     ("probe", fig_probe),
     ("fleet", fig_fleet),
     ("fleet_ssh", fig_fleet_ssh),
+    ("fleet_mitogen", fig_fleet_mitogen),
     ("facts_modules", fig_facts_modules),
     ("fact_cache", fig_fact_cache),
     ("canary", fig_canary),
@@ -656,12 +794,19 @@ FIGURES = [
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="bench/run", description="hypervisor.migration performance against ansible.builtin.ping")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (about 3 minutes on 2 cores)")
-    parser.add_argument("--only", default="", help="comma-separated figures: %s" % ", ".join(n for n, _f in FIGURES))
+    parser.add_argument("--only", default="", help="comma-separated figures: %s (%s: full runs or --only)"
+                        % (", ".join(n for n, _f in FIGURES), ", ".join(sorted(FULL_ONLY))))
     parser.add_argument("--hosts", type=int, help="fleet size (default: 200, or 30 with --quick)")
     parser.add_argument("--ssh-hosts", type=int, help="SSH fleet size (default: 200, or 50 with --quick)")
     parser.add_argument("--ssh-runs", type=int, help="runs of each SSH fleet playbook (default: 4, or 3 with --quick)")
+    parser.add_argument("--ssh-skip-module", action="store_true", help="SSH fleets: leave out the postcopy_facts-alone playbook (a third less time)")
     parser.add_argument("--strict", action="store_true", help="hold every figure to its goal, the UNREACHABLE ones included (also BENCH_STRICT=1)")
     return parser.parse_args(argv)
+
+
+def selected_figures(mode, only):
+    """(name, function) of the figures to run: those named in --only, else every figure but FULL_ONLY in a quick run."""
+    return [(name, func) for name, func in FIGURES if name in only or (not only and (mode == "full" or name not in FULL_ONLY))]
 
 
 def exit_status(rows):
@@ -682,8 +827,31 @@ def noise_note(info):
     return None
 
 
+_WORKDIR_LOCKS = []
+
+
+def claim_workdir(workdir):
+    """Hold WORKDIR.lock for as long as this process lives; False when another run holds it (it would
+    empty the directory under that run's feet)."""
+    handle = open(workdir + ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return False
+    _WORKDIR_LOCKS.append(handle)
+    return True
+
+
+def _exit_on_signal(signum, _frame):
+    # A SystemExit unwinds through the figures' finally blocks: the SSH fleet is stopped and removed.
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None):
     args = parse_args(argv if argv is not None else sys.argv[1:])
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     OPTIONS["strict"] = OPTIONS["strict"] or args.strict
     mode = "quick" if args.quick else "full"
     if args.hosts:
@@ -692,6 +860,7 @@ def main(argv=None):
         MODES[mode]["ssh_hosts"] = args.ssh_hosts
     if args.ssh_runs:
         MODES[mode]["ssh_runs"] = args.ssh_runs
+    MODES[mode]["ssh_module"] = not args.ssh_skip_module
     if not benchlib.hyperfine_path():
         log("hyperfine is not installed (bench/run installs it: apt-get install hyperfine)")
         return 2
@@ -702,6 +871,9 @@ def main(argv=None):
         return 2
     os.makedirs(RESULTS, exist_ok=True)
     workdir = os.path.join(RESULTS, "work-%s" % mode)
+    if not claim_workdir(workdir):
+        log("another bench/run of this checkout is using %s: run one %s run at a time" % (os.path.relpath(workdir, REPO), mode))
+        return 2
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
     ctx = Context(mode, workdir)
@@ -710,9 +882,7 @@ def main(argv=None):
     info["account"] = ctx.account
     started = time.monotonic()
     rows, timings, loads = [], {}, []
-    for name, func in FIGURES:
-        if only and name not in only:
-            continue
+    for name, func in selected_figures(mode, only):
         t0 = time.monotonic()
         load = benchlib.loadavg()
         loads.append(load[0] if load else 0)

@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import time
 
@@ -94,9 +95,9 @@ def hyperfine(commands, runs, warmup, export, env=None, prepare=None, log=None):
     for label, cmd in commands:
         labels.append(label)
         argv += ["--command-name", label, _shell_join(cmd)]
-    proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
-        raise BenchError("hyperfine failed (exit %d):\n%s" % (proc.returncode, proc.stdout.decode("utf-8", "replace")[-4000:]))
+    returncode, output = run_group(argv, env)
+    if returncode != 0:
+        raise BenchError("hyperfine failed (exit %d):\n%s" % (returncode, output.decode("utf-8", "replace")[-4000:]))
     with open(export) as handle:
         data = json.load(handle)
     times = {}
@@ -106,6 +107,37 @@ def hyperfine(commands, runs, warmup, export, env=None, prepare=None, log=None):
             raise BenchError("%s exited with %s in some runs" % (result["command"], sorted(set(codes))))
         times[result["command"]] = list(result["times"])
     return times
+
+
+def run_group(argv, env=None):
+    """(exit status, output) of argv, run in a process group of its own.
+
+    When the benchmark itself is stopped (a signal, an exception), the whole group goes too: hyperfine
+    and the playbook it was timing with every worker and ssh client, so that no session keeps the SSH
+    fleet's account busy or its hosts answering after the benchmark has gone.
+    """
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _err = proc.communicate()
+    except BaseException:
+        stop_group(proc)
+        raise
+    return proc.returncode, output
+
+
+def stop_group(proc, grace=5.0):
+    """SIGTERM to the process group of proc, SIGKILL to what is left of it after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        # hyperfine is gone; what it started may still be in the group.
+        time.sleep(0.5)
 
 
 def hyperfine_rounds(commands, rounds, runs, warmup, workdir, name, env=None, log=None):
@@ -156,6 +188,14 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def meminfo_kib(key):
+    """A /proc/meminfo field (MemTotal, MemAvailable, ...) in KiB; 0 when it cannot be read."""
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
 def loadavg():
     text = _read("/proc/loadavg", "")
     return [float(x) for x in text.split()[:3]] if text else None
@@ -167,10 +207,7 @@ def ansible_core_version(python):
 
 
 def machine_info(python):
-    mem_kb = 0
-    for line in (_read("/proc/meminfo") or "").splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kb = int(line.split()[1])
+    mem_kb = meminfo_kib("MemTotal")
     version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], stdout=subprocess.PIPE, check=False)
     hf = subprocess.run([hyperfine_path() or "hyperfine", "--version"], stdout=subprocess.PIPE, check=False) if hyperfine_path() else None
     return {

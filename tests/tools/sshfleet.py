@@ -221,6 +221,24 @@ class Fleet:
         if errors:
             raise RuntimeError("; ".join(errors))
 
+    def leftovers(self):
+        """What of this fleet is still there (after stop(), nothing): processes, the account, files."""
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                    if self.dir.encode() in handle.read():
+                        found.append("process %s" % pid)
+            except OSError:
+                continue
+        try:
+            pwd.getpwnam(self.login)
+            found.append("account %s" % self.login)
+        except KeyError:
+            pass
+        found += [path for path in (self.sudoers, self.dir, os.path.join(PRIVSEP_USERS, "pid.%d" % os.getpid())) if os.path.exists(path)]
+        return found
+
     def _close_masters(self):
         if not os.path.isdir(self.control_dir):
             return

@@ -4,7 +4,9 @@
 """How bench/ judges a ratio: CI fails only on a miss beyond the noise the run measured."""
 
 import os
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -79,3 +81,78 @@ def test_async_job_files_stay_in_the_workdir(tmp_path):
     ctx.run(argv, env=env)
     assert not (home / ".ansible_async").exists()
     assert os.listdir(os.path.join(str(tmp_path), "async"))
+
+
+def test_the_quick_run_leaves_out_the_full_only_figures():
+    quick = [name for name, _func in bench.selected_figures("quick", set())]
+    full = [name for name, _func in bench.selected_figures("full", set())]
+    assert "fleet_mitogen" in full and "fleet_mitogen" not in quick
+    assert set(full) - set(quick) == bench.FULL_ONLY
+    # Named with --only, it runs in a quick run too.
+    assert [name for name, _func in bench.selected_figures("quick", {"fleet_mitogen"})] == ["fleet_mitogen"]
+
+
+def test_a_mitogen_fleet_that_does_not_fit_in_memory_is_not_started(monkeypatch):
+    memory = {"MemTotal": 24 << 20, "MemAvailable": 20 << 20}
+    monkeypatch.setattr(bench.benchlib, "meminfo_kib", lambda key: memory[key])
+    assert bench.mitogen_memory_shortfall(50) is None
+    why = bench.mitogen_memory_shortfall(1000)
+    assert why.startswith("not started:") and "1000 hosts need about 68.4 GiB" in why and "14.0 GiB is available" in why
+
+
+def test_an_engine_that_refuses_is_reported_with_its_error_and_does_not_fail_the_run(tmp_path):
+    ctx = bench.Context("quick", str(tmp_path))
+    commands = [("ping", ["true"]), ("ours", ["sh", "-c", "echo 'fatal: [ssh0001]: FAILED! => {\"msg\": \"boom\"}'; echo ok=0; exit 2"])]
+    label, error = bench._which_failed(ctx, commands, ctx.env)
+    assert (label, error) == ("ours", 'fatal: [ssh0001]: FAILED! => {"msg": "boom"}')
+    row = bench.refused_row("fleet over SSH, Mitogen", "<= 1.10", error)
+    assert row["status"] == "refused" and "boom" in row["note"]
+    assert bench.exit_status([row]) == 0
+
+
+def test_a_fleet_without_the_module_alone_has_only_the_rows_against_ping(tmp_path):
+    ctx = bench.Context("full", str(tmp_path))
+    assert [label for label, _argv in bench._ssh_playbooks(ctx, None)] == ["ping", "module", "ours"]
+    ctx.size = dict(ctx.size, ssh_module=False)
+    assert [label for label, _argv in bench._ssh_playbooks(ctx, None)] == ["ping", "ours"]
+    times = {"ping": BASE, "ours": scaled(1.05)}
+    rows = bench._ssh_rows("fleet over SSH", "2 hosts", "fleet_ssh", times, times, times)
+    assert [row["figure"].strip() for row in rows] == [
+        "fleet over SSH (2 hosts)",
+        "peak controller memory, preflight / ping (ansible-playbook + its workers, summed RSS)",
+    ]
+
+
+def test_stopping_a_benchmark_command_stops_everything_it_started():
+    # As hyperfine starts a playbook that starts workers and ssh clients: a child with a grandchild.
+    proc = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"], start_new_session=True)
+    time.sleep(0.3)
+    assert len(running_in_group(proc.pid)) == 3
+    benchlib.stop_group(proc)
+    assert running_in_group(proc.pid) == []
+
+
+def running_in_group(pgid):
+    """The processes of a process group that still run (an orphan's zombie waits for whoever reaps it)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(pid))
+    return found
+
+
+def test_a_benchmark_command_that_fails_gives_its_status_and_output():
+    assert benchlib.run_group(["sh", "-c", "echo out; echo err >&2; exit 3"]) == (3, b"out\nerr\n")
+
+
+def test_two_runs_never_share_a_work_directory(tmp_path):
+    workdir = str(tmp_path / "work-full")
+    assert bench.claim_workdir(workdir)
+    claim = "import sys; sys.path.insert(0, %r); import bench; sys.exit(0 if bench.claim_workdir(%r) else 3)"
+    other = subprocess.run([sys.executable, "-c", claim % (os.path.join(REPO, "bench"), workdir)], check=False)
+    assert other.returncode == 3
