@@ -12,6 +12,7 @@ import mmap
 import os
 import re
 import stat
+import struct
 import subprocess
 import time
 
@@ -54,6 +55,12 @@ _BANNER = b"QEMU emulator version "
 # that a deadline can stop the scan of anything else (a sparse file of terabytes).
 _SCAN_LIMIT = 512 << 20
 _SCAN_WINDOW = 8 << 20
+# (header fields: offset, format) and the section header's format (name, type, flags, addr, offset,
+# size) for 32- and 64-bit ELF files.
+_ELF_LAYOUT = {
+    1: ((0x20, "I"), (0x2E, "HHH"), "IIIIII"),
+    2: ((0x28, "Q"), (0x3A, "HHH"), "IIQQQQ"),
+}
 _VERSION = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -128,14 +135,41 @@ def _open_regular(path):
     return fd
 
 
-def _find_banner(image, deadline):
-    """Offset of the banner in the first _SCAN_LIMIT bytes, window by window until the deadline; -1 when absent."""
-    end = min(len(image), _SCAN_LIMIT)
-    for start in range(0, end, _SCAN_WINDOW):
+def _find_banner(image, deadline, begin=0, end=_SCAN_LIMIT):
+    """Offset of the banner between begin and end (at most _SCAN_LIMIT), window by window until the deadline; -1 when absent."""
+    end = min(len(image), end, _SCAN_LIMIT)
+    for start in range(begin, end, _SCAN_WINDOW):
         found = image.find(_BANNER, start, min(end, start + _SCAN_WINDOW + len(_BANNER)))
         if found >= 0 or time.monotonic() > deadline:
             return found
     return -1
+
+
+def _rodata_range(image):
+    """(start, end) of the ELF section .rodata, where QEMU keeps its banner; None where the file does not tell.
+
+    QEMU's banner lies about 1 MB into .rodata and 10-12 MB into the file: reading the section
+    table first spares every run ten megabytes of scanning (and of page cache churn on a fleet).
+    """
+    if image[:4] != b"\x7fELF" or len(image) < 64 or image[4] not in _ELF_LAYOUT or image[5] not in (1, 2):
+        return None
+    (shoff_at, shoff_format), (counts_at, counts_format), section = _ELF_LAYOUT[image[4]]
+    order = "<" if image[5] == 1 else ">"
+    try:
+        (shoff,) = struct.unpack_from(order + shoff_format, image, shoff_at)
+        entsize, count, names_index = struct.unpack_from(order + counts_format, image, counts_at)
+        if entsize < struct.calcsize(order + section) or names_index >= count:
+            return None
+        headers = [struct.unpack_from(order + section, image, shoff + i * entsize) for i in range(count)]
+    except (struct.error, OverflowError):
+        # A table beyond the file's end, or at an offset no file can have.
+        return None
+    names_start = headers[names_index][4]
+    for name, _type, _flags, _addr, offset, size in headers:
+        at = names_start + name
+        if image[at:at + 8] == b".rodata\0" and offset + size <= len(image):
+            return offset, offset + size
+    return None
 
 
 def embedded_version(path, timeout=10):
@@ -149,7 +183,10 @@ def embedded_version(path, timeout=10):
         fd = _open_regular(path)
         try:
             with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as image:
-                start = _find_banner(image, deadline)
+                rodata = _rodata_range(image)
+                start = _find_banner(image, deadline, *rodata) if rodata else -1
+                if start < 0:
+                    start = _find_banner(image, deadline)
                 if start < 0:
                     return None
                 match = _VERSION.match(image[start:start + 64].decode("ascii", "replace"))

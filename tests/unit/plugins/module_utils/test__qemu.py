@@ -87,3 +87,70 @@ def test_binary_without_banner_is_asked(tmp_path):
     script.chmod(0o755)
     assert _qemu.embedded_version(str(script)) is None
     assert _qemu.qemu_version(str(script)) == "6.2.0"
+
+
+def _elf(sections, bits=64, order="<", before=b""):
+    """A minimal ELF file: optional bytes before the sections' data, the data, then the section table."""
+    import struct
+
+    names = b"\0.shstrtab\0" + b"".join(name + b"\0" for name, _data in sections)
+    blobs = [(b".shstrtab", names)] + list(sections)
+    header_size = 64 if bits == 64 else 52
+    body = bytearray(before)
+    placed = []
+    for name, data in blobs:
+        placed.append((names.index(b"\0" + name + b"\0") + 1, header_size + len(body), len(data)))
+        body += data
+    shoff = header_size + len(body)
+    entry = order + ("IIQQQQ" if bits == 64 else "IIIIII")
+    entsize = struct.calcsize(entry) + (16 if bits == 64 else 16)
+    table = bytes(entsize)  # the null section
+    for name, offset, size in placed:
+        table += struct.pack(entry, name, 1, 2, 0, offset, size) + bytes(entsize - struct.calcsize(entry))
+    ident = b"\x7fELF" + bytes([2 if bits == 64 else 1, 1 if order == "<" else 2, 1]) + bytes(9)
+    if bits == 64:
+        header = ident + struct.pack(order + "HHIQQQIHHHHHH", 2, 62, 1, 0, 0, shoff, 0, 64, 0, 0, entsize, len(placed) + 1, 1)
+    else:
+        header = ident + struct.pack(order + "HHIIIIIHHHHHH", 2, 3, 1, 0, 0, shoff, 0, 52, 0, 0, entsize, len(placed) + 1, 1)
+    return header + bytes(body) + table
+
+
+@pytest.mark.parametrize("bits, order", [(64, "<"), (32, ">"), (64, ">"), (32, "<")])
+def test_the_banner_is_read_from_rodata_first(tmp_path, bits, order):
+    # A decoy banner before .rodata: the one in .rodata wins, so the section was searched first.
+    image = _elf([(b".rodata", b"xx QEMU emulator version 10.0.2 (Debian)\0")], bits, order, before=b"QEMU emulator version 1.2.3\0")
+    path = tmp_path / "qemu"
+    path.write_bytes(image)
+    assert _qemu.embedded_version(str(path)) == "10.0.2"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda image: image[:200],  # the section table cut off
+        lambda image: image[:0x28] + b"\xff" * 8 + image[0x30:],  # section table beyond the file
+        lambda image: image[:0x3E] + b"\xff\x00" + image[0x40:],  # names section index out of range
+        lambda image: image[:4] + b"\x09" + image[5:],  # neither 32- nor 64-bit
+        lambda image: b"MZ" + image[2:],  # not ELF
+    ],
+)
+def test_a_damaged_or_foreign_header_falls_back_to_scanning_the_file(tmp_path, damage):
+    image = damage(_elf([(b".rodata", b"QEMU emulator version 8.2.2\0")], before=b"\0" * 300))
+    path = tmp_path / "qemu"
+    path.write_bytes(image)
+    expected = "8.2.2" if b"QEMU emulator version 8.2.2" in image else None
+    assert _qemu.embedded_version(str(path)) == expected
+
+
+def test_real_qemu_keeps_its_banner_in_rodata():
+    import glob
+    import mmap
+
+    binaries = [QEMU] + sorted(glob.glob("/var/cache/hypervisor-migration/roots/*/usr/bin/qemu-system-x86_64"))
+    binaries = [b for b in binaries if os.path.exists(b)]
+    if not binaries:
+        pytest.skip("qemu-system-x86 not installed")
+    for binary in binaries:
+        with open(binary, "rb") as handle, mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ) as image:
+            start, end = _qemu._rodata_range(image)
+            assert start <= image.find(b"QEMU emulator version ") < end, binary
