@@ -261,25 +261,18 @@ def _observe_hugepage(backend, res, fd, size, free):
 
 
 class _Memory(object):
-    """One guest RAM backing, a row of MEMORY_BACKENDS: how the probe registers it (``observe``)
-    and which feature ids (in _diagnose.FEATURES) diagnosis reports when that fails.
+    """A row of MEMORY_BACKENDS, one guest RAM backing: how the probe registers one page of it
+    (``observe``), and what diagnosis reports when that fails: missing_<name> when the kernel does
+    not offer the UFFDIO_API feature it ``needs``, its ``shortfall`` on the host, else ``feature``
+    for a failed registration or one that lacks any of ``ioctls``."""
 
-    needs: the UFFDIO_API feature the kernel must offer first (its absence is missing_<name>);
-    feature: the id a failed registration reports; ioctls: what registering must offer.
-    """
-
-    name = None
     always = False
     needs = None
-    feature = None
     what = None
     ioctls = ("WAKE", "COPY", "ZEROPAGE")
 
-    def observe(self, backend, res, fd, page, hugepages):
-        raise NotImplementedError
-
     def shortfall(self, hugepages):
-        """(feature, cause, detail, remedy) when the host lacks what this backing needs besides the kernel; None."""
+        """(feature, cause, detail, remedy) for what the host lacks besides the kernel; None."""
         return None
 
     def registrations(self, observed):

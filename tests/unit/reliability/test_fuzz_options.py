@@ -31,7 +31,7 @@ import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.testing import patch_module_args
 from ansible_collections.hypervisor.migration.plugins.module_utils import _canary, _facts
-from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import HAS_CFFI
+from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import BACKEND_CHOICES, HAS_CFFI
 from ansible_collections.hypervisor.migration.plugins.modules import postcopy_canary, postcopy_facts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -224,7 +224,7 @@ FACTS_ORACLE = {
     "probe_user": account_valid,
     "qemu_binary": binary_valid,
     "memory_backends": backends_valid,
-    "ffi_backend": choice_of(("auto", "cffi", "ctypes") if HAS_CFFI else ("auto", "ctypes")),
+    "ffi_backend": choice_of(BACKEND_CHOICES if HAS_CFFI else tuple(name for name in BACKEND_CHOICES if name != "cffi")),
 }
 
 
