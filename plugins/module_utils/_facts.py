@@ -43,6 +43,7 @@ __all__ = [
     "gather_postcopy_facts",
 ]
 
+# postcopy_facts' options: the module's argument spec, and the defaults a direct call gets.
 ARGUMENT_SPEC = dict(
     probe_user=dict(type="str", default="auto"),
     memory_backends=dict(type="list", elements="str", choices=[memory.name for memory in MEMORY_BACKENDS], default=["anonymous"]),
