@@ -14,7 +14,7 @@ import pwd
 import pytest
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import resolve_account
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
-from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import HAS_CFFI, select_backend
+from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import BACKENDS, HAS_CFFI, select_backend
 from ansible_collections.hypervisor.migration.plugins.module_utils._host import page_size
 from ansible_collections.hypervisor.migration.plugins.module_utils._probe import observe
 from ansible_collections.hypervisor.migration.plugins.module_utils._switch import run_in_child
@@ -46,7 +46,7 @@ def _record_rss(benchmark):
 
 
 def _backends():
-    return ["cffi", "ctypes"] if HAS_CFFI else ["ctypes"]
+    return [name for name in BACKENDS if HAS_CFFI or name != "cffi"]
 
 
 @pytest.fixture(params=_backends())

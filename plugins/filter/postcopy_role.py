@@ -51,7 +51,6 @@ _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*[$]?$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+$")
 _REPORT_PATH = re.compile(r".*[^/]\.html$")
 
-# The directory variable of each consumer, which must be absolute where the consumer is in use.
 # A consumer's directories are its variables named postcopy_<consumer>_..._dir; local_facts' is older.
 _NAMED_DIRECTORIES = {"local_facts": ("postcopy_fact_path",)}
 _NOVA_PATH_LISTS = ("postcopy_nova_config_files", "postcopy_nova_config_dirs")
@@ -588,7 +587,7 @@ def report_data(hostvars, play_hosts, feature_ids, play_name="", peer_groups=Non
         counts["enabled"] += 1 if row["enabled"] else 0
         missing_anywhere.extend(f for f in one_verdict.get("missing_features", []) if f not in missing_anywhere)
         rows.append(row)
-    features = [f for f in feature_ids if f in missing_anywhere] + [f for f in missing_anywhere if f not in feature_ids]
+    features = [f for f in feature_ids if f in missing_anywhere]
     return {"title": REPORT_TITLE, "play": play_name or "", "summary": counts, "features": features, "hosts": rows, "peer_groups": peer_groups or {}}
 
 

@@ -16,9 +16,9 @@ import os
 
 from ansible.errors import AnsibleFilterError
 
-# Read, not imported: importing the module would load every module_utils it uses (cffi among
-# them) into each Ansible worker process that templates the probe's arguments.
-_MODULE_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "modules", "postcopy_facts.py")
+# postcopy_facts' argument spec, read, not imported: importing it would load every module_utils the
+# probe uses (cffi among them) into each Ansible worker process that templates the probe's arguments.
+_MODULE_SOURCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils", "_facts.py")
 _OPTIONS = []
 
 # The variable that sets each module option: postcopy_<option>, as in the role, whose timeout

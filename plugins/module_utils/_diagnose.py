@@ -7,6 +7,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from ansible_collections.hypervisor.migration.plugins.module_utils._probe import requested_memory
+
 __all__ = [
     "CAUSES",
     "FEATURES",
@@ -33,20 +35,7 @@ FEATURES = (
     "munlockall",
 )
 
-CAUSES = (
-    "kernel_config",
-    "unprivileged_userfaultfd_sysctl",
-    "seccomp",
-    "lsm",
-    "device_permissions",
-    "qemu_too_old_for_device",
-    "libvirt_too_old_for_device",
-    "device_not_in_cgroup_acl",
-    "libvirt_config",
-    "resource_limit",
-    "page_size",
-)
-
+# Every cause id with its one-line remedy.
 REMEDIES = {
     "kernel_config": "Boot a kernel built with CONFIG_USERFAULTFD=y (5.7 or newer has every feature QEMU post-copy uses).",
     "unprivileged_userfaultfd_sysctl": (
@@ -72,7 +61,15 @@ REMEDIES = {
     "libvirt_config": "Fix /etc/libvirt/qemu.conf where the message says: libvirt refuses to start with a file it cannot parse.",
     "resource_limit": "Raise the limit QEMU's account hit (RLIMIT_NOFILE, memory) or free the resource.",
     "page_size": "Use a target page size no larger than the host page size.",
+    # Decided by the role, which runs the canary after the probe (feature id canary).
+    "canary_failed": (
+        "The probe passed but QEMU itself did not finish a post-copy migration: read QEMU's message and look at how QEMU runs "
+        "here (its -sandbox seccomp filter, its SELinux or AppArmor label, cgroup limits); if the canary ran out of time, "
+        "raise postcopy_canary_timeout."
+    ),
 }
+# The cause ids, in the order the guide lists them: REMEDIES is the table.
+CAUSES = tuple(REMEDIES)
 
 _RESOURCE_ERRNOS = ("EMFILE", "ENFILE", "ENOMEM")
 # mmap() says EAGAIN when the locked-memory limit is hit.
@@ -209,41 +206,21 @@ def _register_causes(result, seccomp, register_feature, what, required=("WAKE", 
     return missing
 
 
-def _hugetlbfs_causes(obs, ctx):
-    features = obs["api"]["features"]
-    if "MISSING_HUGETLBFS" not in features:
-        return {"missing_hugetlbfs": _cause("missing_hugetlbfs", "kernel_config", "UFFDIO_API does not offer MISSING_HUGETLBFS")}
-    reserved = [size for size, counts in ctx["hugepages"].items() if counts.get("total")]
-    if not reserved:
-        return {
-            "hugepages_reserved": _cause(
-                "hugepages_reserved",
-                "resource_limit",
-                "no huge pages are reserved (sizes offered: %s)" % ", ".join(str(s) for s in sorted(ctx["hugepages"])),
-                "Reserve huge pages for guests: vm.nr_hugepages or hugepages= on the kernel command line.",
-            )
-        }
-    missing = {}
-    sizes = obs["register"].get("hugetlbfs", {}).get("sizes", {})
-    for size, result in sorted(sizes.items(), key=lambda item: int(item[0])):
-        missing.update(_register_causes(result, obs["status"]["seccomp"], "hugetlbfs_register", "a %s-byte huge page" % size, required=("COPY",)))
-    return missing
-
-
-def _shmem_causes(obs):
-    if "MISSING_SHMEM" not in obs["api"]["features"]:
-        return {"missing_shmem": _cause("missing_shmem", "kernel_config", "UFFDIO_API does not offer MISSING_SHMEM")}
-    return _register_causes(obs["register"]["shmem"], obs["status"]["seccomp"], "shmem_register", "a shared memfd page")
-
-
 def _memory_causes(obs, ctx):
+    """Each requested row of MEMORY_BACKENDS: the kernel feature it needs, what else the host lacks, its registrations."""
     missing = {}
     seccomp = obs["status"]["seccomp"]
-    missing.update(_register_causes(obs["register"]["anonymous"], seccomp, "uffdio_register", "an anonymous page"))
-    if "shmem" in ctx["memory_backends"]:
-        missing.update(_shmem_causes(obs))
-    if "hugetlbfs" in ctx["memory_backends"]:
-        missing.update(_hugetlbfs_causes(obs, ctx))
+    for memory in requested_memory(ctx["memory_backends"]):
+        if memory.needs and memory.needs not in obs["api"]["features"]:
+            feature = "missing_" + memory.name
+            missing[feature] = _cause(feature, "kernel_config", "UFFDIO_API does not offer %s" % memory.needs)
+            continue
+        shortfall = memory.shortfall(ctx["hugepages"])
+        if shortfall:
+            missing[shortfall[0]] = _cause(*shortfall)
+            continue
+        for what, result in memory.registrations(obs["register"].get(memory.name)):
+            missing.update(_register_causes(result, seccomp, memory.feature, what, memory.ioctls))
     return missing
 
 

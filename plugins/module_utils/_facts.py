@@ -16,7 +16,7 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._accounts imp
     resolve_account,
 )
 from ansible_collections.hypervisor.migration.plugins.module_utils._diagnose import diagnose
-from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import select_backend
+from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import BACKEND_CHOICES, select_backend
 from ansible_collections.hypervisor.migration.plugins.module_utils._host import (
     DEVICE_PATH,
     device_info,
@@ -25,8 +25,8 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._host import 
     page_size,
     unprivileged_userfaultfd,
 )
-from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import launcher_facts
-from ansible_collections.hypervisor.migration.plugins.module_utils._probe import observe
+from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import LAUNCHER_CHOICES, launcher_facts
+from ansible_collections.hypervisor.migration.plugins.module_utils._probe import MEMORY_BACKENDS, observe
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import (
     find_qemu_binary,
     qemu_uses_device,
@@ -36,19 +36,27 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._switch impor
 from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import canonical_arch
 
 __all__ = [
-    "DEFAULTS",
+    "ARGUMENT_SPEC",
+    "MAX_PAGE",
+    "MAX_TIMEOUT",
+    "MIN_PAGE",
     "gather_postcopy_facts",
 ]
 
-DEFAULTS = {
-    "probe_user": "auto",
-    "memory_backends": ["anonymous"],
-    "qemu_binary": "auto",
-    "target_page_size": 4096,
-    "ffi_backend": "auto",
-    "launcher": "auto",
-    "timeout": 10,
-}
+# postcopy_facts' options: the module's argument spec, and the defaults a direct call gets.
+ARGUMENT_SPEC = dict(
+    probe_user=dict(type="str", default="auto"),
+    memory_backends=dict(type="list", elements="str", choices=[memory.name for memory in MEMORY_BACKENDS], default=["anonymous"]),
+    qemu_binary=dict(type="str", default="auto"),
+    target_page_size=dict(type="int", default=4096),
+    ffi_backend=dict(type="str", choices=list(BACKEND_CHOICES), default="auto"),
+    launcher=dict(type="str", choices=list(LAUNCHER_CHOICES), default="auto"),
+    timeout=dict(type="int", default=10),
+)
+# Bounds of the values the spec cannot express, checked by postcopy_facts' option_errors.
+MIN_PAGE = 1024
+MAX_PAGE = 1 << 30
+MAX_TIMEOUT = 3600
 
 
 def _qemu_facts(spec, timeout):
@@ -131,13 +139,13 @@ def _access_facts(obs, device):
 
 
 def _register_facts(obs):
-    return dict((name, obs["register"].get(name)) for name in ("anonymous", "shmem", "hugetlbfs"))
+    return dict((memory.name, obs["register"].get(memory.name)) for memory in MEMORY_BACKENDS)
 
 
 def gather_postcopy_facts(params, warn=lambda msg: None):
     """Run one probe as QEMU's account and return the module's ansible_facts."""
     start = time.monotonic()
-    options = dict(DEFAULTS)
+    options = dict((name, spec["default"]) for name, spec in ARGUMENT_SPEC.items())
     options.update((k, v) for k, v in params.items() if v is not None)
     qemu = _qemu_facts(options["qemu_binary"], options["timeout"])
     device = device_info(DEVICE_PATH)

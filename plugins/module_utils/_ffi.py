@@ -34,6 +34,7 @@ except ImportError:
 
 __all__ = [
     "BACKEND_CHOICES",
+    "BACKENDS",
     "CFFI_IMPORT_ERROR",
     "BackendUnavailable",
     "Backend",
@@ -44,7 +45,9 @@ __all__ = [
 ]
 
 HAS_CFFI = _cffi_backend is not None
-BACKEND_CHOICES = ("auto", "cffi", "ctypes")
+# The backends by name (each class's name), and the choices of the ffi_backend option.
+BACKENDS = ("cffi", "ctypes")
+BACKEND_CHOICES = ("auto",) + BACKENDS
 
 _CDEF = """
 struct uffdio_api { uint64_t api; uint64_t features; uint64_t ioctls; };

@@ -35,7 +35,6 @@ MISC_DEV = "/sys/class/misc/userfaultfd/dev"
 CAP_SYS_PTRACE = 19
 
 
-
 def errno_name(number):
     if not number:
         return None

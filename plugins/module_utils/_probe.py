@@ -35,9 +35,8 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import 
 __all__ = [
     "MEMORY_BACKENDS",
     "observe",
+    "requested_memory",
 ]
-
-MEMORY_BACKENDS = ("anonymous", "shmem", "hugetlbfs")
 
 _O_RDWR = os.O_RDWR
 _MFD_CLOEXEC = 0x1
@@ -249,18 +248,6 @@ def _memfd(res, size, flags):
     return memfd, None
 
 
-def _observe_anonymous(backend, res, fd, page):
-    consts = mmap_flags()
-    return _map_and_register(backend, res, fd, page, consts["MAP_PRIVATE"] | consts["MAP_ANONYMOUS"])
-
-
-def _observe_shmem(backend, res, fd, page):
-    memfd, err = _memfd(res, page, _MFD_CLOEXEC)
-    if memfd < 0:
-        return {"ok": False, "errno": err, "step": "memfd_create", "ioctls": []}
-    return _map_and_register(backend, res, fd, page, mmap_flags()["MAP_SHARED"], memfd)
-
-
 def _observe_hugepage(backend, res, fd, size, free):
     flags = _MFD_CLOEXEC | _MFD_HUGETLB | ((size.bit_length() - 1) << _MFD_HUGE_SHIFT)
     memfd, err = _memfd(res, size, flags)
@@ -273,12 +260,80 @@ def _observe_hugepage(backend, res, fd, size, free):
     return result
 
 
-def _observe_hugetlbfs(backend, res, fd, hugepages):
-    sizes = {}
-    for size, counts in sorted(hugepages.items()):
-        if counts.get("total"):
-            sizes[size] = _observe_hugepage(backend, res, fd, size, counts.get("free", 0))
-    return {"sizes": sizes}
+class _Memory(object):
+    """A row of MEMORY_BACKENDS, one guest RAM backing: how the probe registers one page of it
+    (``observe``), and what diagnosis reports when that fails: missing_<name> when the kernel does
+    not offer the UFFDIO_API feature it ``needs``, its ``shortfall`` on the host, else ``feature``
+    for a failed registration or one that lacks any of ``ioctls``."""
+
+    always = False
+    needs = None
+    what = None
+    ioctls = ("WAKE", "COPY", "ZEROPAGE")
+
+    def shortfall(self, hugepages):
+        """(feature, cause, detail, remedy) for what the host lacks besides the kernel; None."""
+        return None
+
+    def registrations(self, observed):
+        """(what was registered, its result) for each registration observe tried."""
+        return [(self.what, observed)]
+
+
+class _Anonymous(_Memory):
+    name = "anonymous"
+    always = True  # ordinary guest RAM: QEMU registers it whatever else the guests use
+    feature = "uffdio_register"
+    what = "an anonymous page"
+
+    def observe(self, backend, res, fd, page, hugepages):
+        consts = mmap_flags()
+        return _map_and_register(backend, res, fd, page, consts["MAP_PRIVATE"] | consts["MAP_ANONYMOUS"])
+
+
+class _Shmem(_Memory):
+    name = "shmem"
+    needs = "MISSING_SHMEM"
+    feature = "shmem_register"
+    what = "a shared memfd page"
+
+    def observe(self, backend, res, fd, page, hugepages):
+        memfd, err = _memfd(res, page, _MFD_CLOEXEC)
+        if memfd < 0:
+            return {"ok": False, "errno": err, "step": "memfd_create", "ioctls": []}
+        return _map_and_register(backend, res, fd, page, mmap_flags()["MAP_SHARED"], memfd)
+
+
+class _Hugetlbfs(_Memory):
+    name = "hugetlbfs"
+    needs = "MISSING_HUGETLBFS"
+    feature = "hugetlbfs_register"
+    ioctls = ("COPY",)
+
+    def observe(self, backend, res, fd, page, hugepages):
+        sizes = {}
+        for size, counts in sorted((hugepages or {}).items()):
+            if counts.get("total"):
+                sizes[size] = _observe_hugepage(backend, res, fd, size, counts.get("free", 0))
+        return {"sizes": sizes}
+
+    def shortfall(self, hugepages):
+        if any(counts.get("total") for counts in hugepages.values()):
+            return None
+        detail = "no huge pages are reserved (sizes offered: %s)" % ", ".join(str(s) for s in sorted(hugepages))
+        return "hugepages_reserved", "resource_limit", detail, "Reserve huge pages for guests: vm.nr_hugepages or hugepages= on the kernel command line."
+
+    def registrations(self, observed):
+        sizes = (observed or {}).get("sizes", {})
+        return [("a %s-byte huge page" % size, sizes[size]) for size in sorted(sizes, key=int)]
+
+
+MEMORY_BACKENDS = (_Anonymous(), _Shmem(), _Hugetlbfs())
+
+
+def requested_memory(names):
+    """The rows of MEMORY_BACKENDS the probe tries for memory_backends names, in table order."""
+    return [memory for memory in MEMORY_BACKENDS if memory.always or memory.name in names]
 
 
 def observe(backend, page_size, memory_backends=("anonymous",), hugepages=None, device_first=True, device_path=DEVICE_PATH):
@@ -296,11 +351,8 @@ def observe(backend, page_size, memory_backends=("anonymous",), hugepages=None, 
         result["memlock"] = _observe_munlockall(backend)
         if not result["memlock"]["ok"]:
             return result
-        result["register"]["anonymous"] = _observe_anonymous(backend, res, fd, page_size)
-        if "shmem" in memory_backends:
-            result["register"]["shmem"] = _observe_shmem(backend, res, fd, page_size)
-        if "hugetlbfs" in memory_backends:
-            result["register"]["hugetlbfs"] = _observe_hugetlbfs(backend, res, fd, hugepages or {})
+        for memory in requested_memory(memory_backends):
+            result["register"][memory.name] = memory.observe(backend, res, fd, page_size, hugepages)
         return result
     finally:
         res.release()

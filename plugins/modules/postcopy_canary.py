@@ -293,7 +293,7 @@ ansible_facts:
 
 import traceback
 
-from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401  (first: the rest compile once)
+from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401 pylint: disable=unused-import  (first: the rest compile once)
 from ansible_collections.hypervisor.migration.plugins.module_utils._canary import (
     ACCEL_CHOICES,
     LAUNCHER_CHOICES,

@@ -334,29 +334,14 @@ ansible_facts:
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
-from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401  (first: the rest compile once)
+from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401 pylint: disable=unused-import  (first: the rest compile once)
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import AccountError
-from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
+from ansible_collections.hypervisor.migration.plugins.module_utils._facts import ARGUMENT_SPEC, MAX_PAGE, MAX_TIMEOUT, MIN_PAGE, gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import CFFI_IMPORT_ERROR, HAS_CFFI, BackendUnavailable
-from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import LAUNCHER_CHOICES
 from ansible_collections.hypervisor.migration.plugins.module_utils._options import new_module, one_line, qemu_option_errors, range_error
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import QemuBinaryError
 from ansible_collections.hypervisor.migration.plugins.module_utils._switch import ChildError
 from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import UnsupportedArch
-
-ARGUMENT_SPEC = dict(
-    probe_user=dict(type="str", default="auto"),
-    memory_backends=dict(type="list", elements="str", choices=["anonymous", "shmem", "hugetlbfs"], default=["anonymous"]),
-    qemu_binary=dict(type="str", default="auto"),
-    target_page_size=dict(type="int", default=4096),
-    ffi_backend=dict(type="str", choices=["auto", "cffi", "ctypes"], default="auto"),
-    launcher=dict(type="str", choices=list(LAUNCHER_CHOICES), default="auto"),
-    timeout=dict(type="int", default=10),
-)
-
-MIN_PAGE = 1024
-MAX_PAGE = 1 << 30
-MAX_TIMEOUT = 3600
 
 
 def option_errors(params):
@@ -367,7 +352,7 @@ def option_errors(params):
         "target_page_size must be a power of two between %d and %d, got %d" % (MIN_PAGE, MAX_PAGE, size),
         range_error("timeout", params["timeout"], 1, MAX_TIMEOUT, " seconds"),
         *qemu_option_errors(params),
-        None if params["memory_backends"] else "memory_backends must name at least one of anonymous, shmem, hugetlbfs",
+        None if params["memory_backends"] else "memory_backends must name at least one of " + ", ".join(ARGUMENT_SPEC["memory_backends"]["choices"]),
     ]
 
 

@@ -30,8 +30,8 @@ import pytest
 import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.testing import patch_module_args
-from ansible_collections.hypervisor.migration.plugins.module_utils import _canary
-from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import HAS_CFFI
+from ansible_collections.hypervisor.migration.plugins.module_utils import _canary, _facts
+from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import BACKEND_CHOICES, HAS_CFFI
 from ansible_collections.hypervisor.migration.plugins.modules import postcopy_canary, postcopy_facts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -219,12 +219,12 @@ def facts_values(binaries):
 
 
 FACTS_ORACLE = {
-    "target_page_size": int_in(postcopy_facts.MIN_PAGE, postcopy_facts.MAX_PAGE, power_of_two=True),
-    "timeout": int_in(1, postcopy_facts.MAX_TIMEOUT),
+    "target_page_size": int_in(_facts.MIN_PAGE, _facts.MAX_PAGE, power_of_two=True),
+    "timeout": int_in(1, _facts.MAX_TIMEOUT),
     "probe_user": account_valid,
     "qemu_binary": binary_valid,
     "memory_backends": backends_valid,
-    "ffi_backend": choice_of(("auto", "cffi", "ctypes") if HAS_CFFI else ("auto", "ctypes")),
+    "ffi_backend": choice_of(BACKEND_CHOICES if HAS_CFFI else tuple(name for name in BACKEND_CHOICES if name != "cffi")),
 }
 
 

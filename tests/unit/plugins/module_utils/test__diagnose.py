@@ -14,6 +14,7 @@ from ansible_collections.hypervisor.migration.plugins.module_utils._diagnose imp
     diagnose,
     errno_cause,
 )
+from ansible_collections.hypervisor.migration.plugins.module_utils._probe import MEMORY_BACKENDS
 
 
 @pytest.mark.parametrize(
@@ -58,6 +59,15 @@ def test_errno_cause(errno_name, seccomp, cause):
 def test_every_cause_has_a_one_line_remedy():
     assert set(REMEDIES) == set(CAUSES)
     assert all("\n" not in text and text.endswith(".") for text in REMEDIES.values())
+
+
+def test_every_memory_backend_reports_feature_ids_and_causes_of_the_tables():
+    # Its registration's id, missing_<name> when it needs a kernel feature, and what else the host may lack.
+    for memory in MEMORY_BACKENDS:
+        assert memory.feature in FEATURES and (memory.needs is None or "missing_" + memory.name in FEATURES)
+        lacking = memory.shortfall({})
+        assert lacking is None or (lacking[0] in FEATURES and lacking[1] in CAUSES)
+    assert [m.name for m in MEMORY_BACKENDS if m.shortfall({})] == ["hugetlbfs"]
 
 
 def _obs(**over):

@@ -10,9 +10,13 @@ import sys
 
 import pytest
 from ansible_collections.hypervisor.migration.plugins.module_utils import _ffi
+from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import BACKENDS
 from ansible_collections.hypervisor.migration.plugins.module_utils._uapi import O_CLOEXEC, UFFD_API, mmap_flags
 
-BACKENDS = ["cffi", "ctypes"]
+
+def test_each_backend_answers_to_its_name():
+    # BACKENDS is the option's vocabulary; each name must select the class that reports it.
+    assert [_ffi.select_backend(name).name for name in BACKENDS] == list(BACKENDS)
 
 
 def test_auto_prefers_cffi_when_importable():

@@ -13,11 +13,10 @@ import hostctl
 import pytest
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import QEMU_ACCOUNT_NAMES
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import gather_postcopy_facts
-from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import select_backend
+from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import BACKENDS, select_backend
 from ansible_collections.hypervisor.migration.plugins.module_utils._launcher import read_libvirt_settings
 from ansible_collections.hypervisor.migration.plugins.module_utils._probe import observe
 
-BACKENDS = ["cffi", "ctypes"]
 QEMU72 = "/usr/bin/qemu-system-x86_64"
 
 

@@ -4,7 +4,12 @@
 """postcopy_facts through AnsibleModule's real argument handling: messages, check mode, facts."""
 
 
+import re
+
 import pytest
+import yaml
+from ansible_collections.hypervisor.migration.plugins.module_utils._diagnose import FEATURES
+from ansible_collections.hypervisor.migration.plugins.module_utils._probe import MEMORY_BACKENDS
 from ansible_collections.hypervisor.migration.plugins.modules import postcopy_facts
 from module_main import run_module_main
 
@@ -40,6 +45,15 @@ def test_bad_options_fail_in_one_line(capsys, args, message):
     assert result["msg"].startswith(message)
     assert "\n" not in result["msg"]
     assert "exception" not in result
+
+
+def test_the_documented_return_values_are_the_vocabularies():
+    facts = yaml.safe_load(postcopy_facts.RETURN)["ansible_facts"]["contains"]
+    missing = " ".join(facts["postcopy_missing_features"]["description"])
+    assert re.findall(r"C\((\w+)\)", missing) == list(FEATURES)
+    register = facts["postcopy"]["contains"]["register"]
+    assert re.findall(r"C\((\w+)\)", register["description"]) == [memory.name for memory in MEMORY_BACKENDS]
+    assert list(register["sample"]) == [memory.name for memory in MEMORY_BACKENDS]
 
 
 def test_facts_are_returned_and_nothing_changes(capsys, root):
