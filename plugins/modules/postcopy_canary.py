@@ -293,7 +293,8 @@ ansible_facts:
 
 import traceback
 
-from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401 pylint: disable=unused-import  (first: the rest compile once)
+# First: the module_utils imported after it are compiled once from the zip payload.
+from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.hypervisor.migration.plugins.module_utils._canary import (
     ACCEL_CHOICES,
     LAUNCHER_CHOICES,

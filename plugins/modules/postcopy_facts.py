@@ -334,7 +334,9 @@ ansible_facts:
 import traceback
 
 from ansible.module_utils.basic import missing_required_lib
-from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401 pylint: disable=unused-import  (first: the rest compile once)
+
+# First: the module_utils imported after it are compiled once from the zip payload.
+from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import AccountError
 from ansible_collections.hypervisor.migration.plugins.module_utils._facts import ARGUMENT_SPEC, MAX_PAGE, MAX_TIMEOUT, MIN_PAGE, gather_postcopy_facts
 from ansible_collections.hypervisor.migration.plugins.module_utils._ffi import CFFI_IMPORT_ERROR, HAS_CFFI, BackendUnavailable

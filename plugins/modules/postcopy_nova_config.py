@@ -216,7 +216,8 @@ import pwd
 import tempfile
 import traceback
 
-from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401 pylint: disable=unused-import  (first: the rest compile once)
+# First: the module_utils imported after it are compiled once from the zip payload.
+from ansible_collections.hypervisor.migration.plugins.module_utils import _compile_once  # noqa: F401 pylint: disable=unused-import
 from ansible_collections.hypervisor.migration.plugins.module_utils import _novaconf as conf
 from ansible_collections.hypervisor.migration.plugins.module_utils import _novastart as start
 from ansible_collections.hypervisor.migration.plugins.module_utils._options import new_module, one_line
