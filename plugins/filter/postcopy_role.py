@@ -21,6 +21,7 @@ from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.collections import is_sequence
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.utils.display import Display
+from ansible_collections.hypervisor.migration.plugins.module_utils import _diagnose, _probe
 
 display = Display()
 
@@ -45,7 +46,9 @@ TARGET_PAGE_SIZE_RANGE = (1024, 1 << 30)
 PROBE_TIMEOUT_RANGE = (1, 3600)
 CANARY_MEMORY_MB_RANGE = (16, 65536)
 CANARY_TIMEOUT_RANGE = (1, 3600)
-MEMORY_BACKENDS = ("anonymous", "shmem", "hugetlbfs")
+# The probe's vocabularies, which the role checks and reports against.
+MEMORY_BACKENDS = tuple(row.name for row in _probe.MEMORY_BACKENDS)
+FEATURE_IDS = _diagnose.FEATURES + (CANARY_FEATURE,)
 
 _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*[$]?$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+$")
@@ -568,7 +571,7 @@ def _report_row(host, host_vars, one_verdict):
     return row
 
 
-def report_data(hostvars, play_hosts, feature_ids, play_name="", peer_groups=None):
+def report_data(hostvars, play_hosts, feature_ids=FEATURE_IDS, play_name="", peer_groups=None):
     """The report's data: a summary, the missing features in feature_ids' order, a row per play host, the peer groups."""
     if not is_sequence(play_hosts) or not is_sequence(feature_ids):
         raise AnsibleFilterError("postcopy_report_data: expected the lists of play hosts and of feature ids")

@@ -28,7 +28,9 @@ def role_vars():
 
 
 def test_the_report_orders_every_feature_id_the_probe_and_the_canary_report():
-    assert role_vars()["__postcopy_feature_ids"] == list(_diagnose.FEATURES) + [postcopy_role.CANARY_FEATURE]
+    assert postcopy_role.report_data({}, [])["features"] == []
+    everything = {"hv": {"__postcopy_verdict": {"supported": False, "missing_features": list(reversed(postcopy_role.FEATURE_IDS))}}}
+    assert postcopy_role.report_data(everything, ["hv"])["features"] == list(_diagnose.FEATURES) + [postcopy_role.CANARY_FEATURE]
 
 
 def test_the_canary_cause_is_in_the_table_with_its_remedy():
