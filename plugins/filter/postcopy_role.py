@@ -128,8 +128,11 @@ def probe_variable_errors(settings):
         low, high = TARGET_PAGE_SIZE_RANGE
         errors.append("postcopy_target_page_size must be a power of two between %d and %d, got %s" % (low, high, settings["postcopy_target_page_size"]))
     errors.append(_range_error(settings, "postcopy_probe_timeout", PROBE_TIMEOUT_RANGE, "seconds"))
-    if not _setting(settings, "postcopy_memory_backends", []):
-        errors.append("postcopy_memory_backends must name at least one of %s" % ", ".join(MEMORY_BACKENDS))
+    backends = _setting(settings, "postcopy_memory_backends", [])
+    unknown = [name for name in backends if name not in MEMORY_BACKENDS]
+    if not backends or unknown:
+        got = ", got %s" % ", ".join(str(name) for name in unknown) if unknown else ""
+        errors.append("postcopy_memory_backends must name at least one of %s, and nothing else%s" % (", ".join(MEMORY_BACKENDS), got))
     return [error for error in errors if error]
 
 

@@ -7,7 +7,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.hypervisor.migration.plugins.module_utils._probe import requested_memory
+from ansible_collections.hypervisor.migration.plugins.module_utils._probe import MEMORY_BACKENDS, requested_memory
 
 __all__ = [
     "CAUSES",
@@ -18,21 +18,11 @@ __all__ = [
     "errno_cause",
 ]
 
+# The order of postcopy_missing_features: the kernel's, then each memory backend's own, then memory locking.
 FEATURES = (
-    "userfaultfd",
-    "uffdio_api",
-    "uffdio_register",
-    "uffdio_unregister",
-    "uffdio_wake",
-    "uffdio_copy",
-    "uffdio_zeropage",
-    "target_page_size",
-    "missing_hugetlbfs",
-    "hugetlbfs_register",
-    "hugepages_reserved",
-    "missing_shmem",
-    "shmem_register",
-    "munlockall",
+    ("userfaultfd", "uffdio_api", "uffdio_register", "uffdio_unregister", "uffdio_wake", "uffdio_copy", "uffdio_zeropage", "target_page_size")
+    + tuple(feature for row in MEMORY_BACKENDS for feature in row.features)
+    + ("munlockall",)
 )
 
 # Every cause id with its one-line remedy.

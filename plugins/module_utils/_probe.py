@@ -268,6 +268,7 @@ class _Memory(object):
 
     always = False
     needs = None
+    features = ()  # its own feature ids, in the order postcopy_missing_features lists them
     what = None
     ioctls = ("WAKE", "COPY", "ZEROPAGE")
 
@@ -294,6 +295,7 @@ class _Anonymous(_Memory):
 class _Shmem(_Memory):
     name = "shmem"
     needs = "MISSING_SHMEM"
+    features = ("missing_shmem", "shmem_register")
     feature = "shmem_register"
     what = "a shared memfd page"
 
@@ -307,6 +309,7 @@ class _Shmem(_Memory):
 class _Hugetlbfs(_Memory):
     name = "hugetlbfs"
     needs = "MISSING_HUGETLBFS"
+    features = ("missing_hugetlbfs", "hugetlbfs_register", "hugepages_reserved")
     feature = "hugetlbfs_register"
     ioctls = ("COPY",)
 

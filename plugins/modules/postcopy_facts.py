@@ -161,8 +161,8 @@ ansible_facts:
       description:
         - Stable ids of what is missing, empty when supported. One of C(userfaultfd), C(uffdio_api),
           C(uffdio_register), C(uffdio_unregister), C(uffdio_wake), C(uffdio_copy), C(uffdio_zeropage),
-          C(target_page_size), C(missing_hugetlbfs), C(hugetlbfs_register), C(hugepages_reserved),
-          C(missing_shmem), C(shmem_register), C(munlockall).
+          C(target_page_size), C(missing_shmem), C(shmem_register), C(missing_hugetlbfs), C(hugetlbfs_register),
+          C(hugepages_reserved), C(munlockall).
       returned: always
       type: list
       elements: str

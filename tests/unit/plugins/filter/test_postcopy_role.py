@@ -104,7 +104,11 @@ def test_target_page_sizes_that_pass(size):
             ],
         ),
         ({"postcopy_probe_user": "  "}, ["postcopy_probe_user must be auto, an account name or a numeric uid, got an empty string"]),
-        ({"postcopy_memory_backends": []}, ["postcopy_memory_backends must name at least one of anonymous, shmem, hugetlbfs"]),
+        ({"postcopy_memory_backends": []}, ["postcopy_memory_backends must name at least one of anonymous, shmem, hugetlbfs, and nothing else"]),
+        (
+            {"postcopy_memory_backends": ["anonymous", "pmem"]},
+            ["postcopy_memory_backends must name at least one of anonymous, shmem, hugetlbfs, and nothing else, got pmem"],
+        ),
         ({"postcopy_probe_timeout": "soon"}, ["postcopy_probe_timeout must be between 1 and 3600 seconds, got soon"]),
     ],
 )
