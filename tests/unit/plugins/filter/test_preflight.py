@@ -5,11 +5,16 @@
 and the fleet summary. The results fed in are shaped like postcopy_facts' registered results; the
 SSH tests (tests/ssh) check the same lines against real hosts."""
 
+import os
+import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 from ansible.errors import AnsibleFilterError
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
 from ansible_collections.hypervisor.migration.plugins.filter import preflight
 from ansible_collections.hypervisor.migration.plugins.modules.postcopy_facts import ARGUMENT_SPEC
 
@@ -59,6 +64,36 @@ def test_every_module_option_has_a_variable():
 def test_args_pass_only_the_variables_that_are_set():
     host_vars = {"postcopy_target_page_size": 65536, "postcopy_probe_timeout": 30, "postcopy_canary": True, "other": 1}
     assert preflight.preflight_args(host_vars) == {"target_page_size": 65536, "timeout": 30}
+
+
+PLAYBOOK = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "playbooks", "preflight.yml")
+
+
+def preflight_module_defaults():
+    """The expression the preflight's probe takes its arguments from (its play's module_defaults)."""
+    with open(PLAYBOOK) as handle:
+        play = yaml.safe_load(handle)[0]
+    return play["module_defaults"]["hypervisor.migration.postcopy_facts"]
+
+
+def test_the_playbook_names_every_option_and_its_variable():
+    # Written out in the playbook for speed; the module's spec and the filter stay the reference.
+    written = dict(re.findall(r"'(\w+)': (\w+) \| default\(omit\)", preflight_module_defaults()))
+    assert written == preflight.option_variables()
+
+
+@pytest.mark.parametrize(
+    "host_vars",
+    [
+        {},
+        {"postcopy_target_page_size": 65536, "postcopy_probe_timeout": 30, "postcopy_canary": True, "other": 1},
+        {"postcopy_probe_user": "libvirt-qemu", "postcopy_memory_backends": ["anonymous", "shmem"], "postcopy_launcher": "libvirt",
+         "postcopy_qemu_binary": "/usr/bin/qemu-system-x86_64", "postcopy_ffi_backend": "ctypes"},
+    ],
+)
+def test_the_playbook_passes_what_the_filter_passes(host_vars):
+    templar = Templar(loader=DataLoader(), variables=host_vars)
+    assert templar.template(trust_as_template(preflight_module_defaults())) == preflight.preflight_args(host_vars)
 
 
 @pytest.mark.parametrize(
