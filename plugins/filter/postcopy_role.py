@@ -21,7 +21,6 @@ from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.collections import is_sequence
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.utils.display import Display
-from ansible_collections.hypervisor.migration.plugins.module_utils import _diagnose, _probe
 
 display = Display()
 
@@ -46,9 +45,27 @@ TARGET_PAGE_SIZE_RANGE = (1024, 1 << 30)
 PROBE_TIMEOUT_RANGE = (1, 3600)
 CANARY_MEMORY_MB_RANGE = (16, 65536)
 CANARY_TIMEOUT_RANGE = (1, 3600)
-# The probe's vocabularies, which the role checks and reports against.
-MEMORY_BACKENDS = tuple(row.name for row in _probe.MEMORY_BACKENDS)
-FEATURE_IDS = _diagnose.FEATURES + (CANARY_FEATURE,)
+# The probe's vocabularies, which the role checks and reports against: MEMORY_BACKENDS and
+# FEATURE_IDS, read from module_utils on first use (__getattr__ below). Ansible loads every filter
+# file of the collection into each worker that runs a task using any of its filters; importing the
+# probe's code there would cost each such host and task its compilation.
+_VOCABULARIES = {}
+
+
+def _vocabulary(name):
+    if not _VOCABULARIES:
+        from ansible_collections.hypervisor.migration.plugins.module_utils import _diagnose, _probe
+
+        _VOCABULARIES["MEMORY_BACKENDS"] = tuple(row.name for row in _probe.MEMORY_BACKENDS)
+        _VOCABULARIES["FEATURE_IDS"] = _diagnose.FEATURES + (CANARY_FEATURE,)
+    return _VOCABULARIES[name]
+
+
+def __getattr__(name):
+    if name in ("MEMORY_BACKENDS", "FEATURE_IDS"):
+        return _vocabulary(name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
 
 _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*[$]?$")
 _SERVICE_NAME = re.compile(r"^[A-Za-z0-9@_.:-]+$")
@@ -129,10 +146,11 @@ def probe_variable_errors(settings):
         errors.append("postcopy_target_page_size must be a power of two between %d and %d, got %s" % (low, high, settings["postcopy_target_page_size"]))
     errors.append(_range_error(settings, "postcopy_probe_timeout", PROBE_TIMEOUT_RANGE, "seconds"))
     backends = _setting(settings, "postcopy_memory_backends", [])
-    unknown = [name for name in backends if name not in MEMORY_BACKENDS]
+    known = _vocabulary("MEMORY_BACKENDS")
+    unknown = [name for name in backends if name not in known]
     if not backends or unknown:
         got = ", got %s" % ", ".join(str(name) for name in unknown) if unknown else ""
-        errors.append("postcopy_memory_backends must name at least one of %s, and nothing else%s" % (", ".join(MEMORY_BACKENDS), got))
+        errors.append("postcopy_memory_backends must name at least one of %s, and nothing else%s" % (", ".join(known), got))
     return [error for error in errors if error]
 
 
@@ -574,8 +592,9 @@ def _report_row(host, host_vars, one_verdict):
     return row
 
 
-def report_data(hostvars, play_hosts, feature_ids=FEATURE_IDS, play_name="", peer_groups=None):
-    """The report's data: a summary, the missing features in feature_ids' order, a row per play host, the peer groups."""
+def report_data(hostvars, play_hosts, feature_ids=None, play_name="", peer_groups=None):
+    """The report's data: a summary, the missing features in feature_ids' order (default: the probe's), a row per play host, the peer groups."""
+    feature_ids = _vocabulary("FEATURE_IDS") if feature_ids is None else feature_ids
     if not is_sequence(play_hosts) or not is_sequence(feature_ids):
         raise AnsibleFilterError("postcopy_report_data: expected the lists of play hosts and of feature ids")
     rows, missing_anywhere = [], []
