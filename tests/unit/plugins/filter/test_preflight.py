@@ -87,8 +87,13 @@ def test_the_playbook_names_every_option_and_its_variable():
     [
         {},
         {"postcopy_target_page_size": 65536, "postcopy_probe_timeout": 30, "postcopy_canary": True, "other": 1},
-        {"postcopy_probe_user": "libvirt-qemu", "postcopy_memory_backends": ["anonymous", "shmem"], "postcopy_launcher": "libvirt",
-         "postcopy_qemu_binary": "/usr/bin/qemu-system-x86_64", "postcopy_ffi_backend": "ctypes"},
+        {
+            "postcopy_probe_user": "libvirt-qemu",
+            "postcopy_memory_backends": ["anonymous", "shmem"],
+            "postcopy_launcher": "libvirt",
+            "postcopy_qemu_binary": "/usr/bin/qemu-system-x86_64",
+            "postcopy_ffi_backend": "ctypes",
+        },
     ],
 )
 def test_the_playbook_passes_what_the_filter_passes(host_vars):

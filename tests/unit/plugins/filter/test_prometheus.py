@@ -71,9 +71,7 @@ def test_one_series_per_missing_feature_and_cause():
     text = prometheus.prometheus_textfile(verdict(causes + causes[:1], missing=["userfaultfd", "missing_shmem", "target_page_size"]), False, now=NOW)
     found = samples(text)
     missing = sorted(labels for (name, labels) in found if name == "hypervisor_postcopy_missing_feature")
-    assert missing == sorted(
-        [(("cause", c), ("feature", f)) for f, c in causes] + [(("feature", "target_page_size"),)]
-    )
+    assert missing == sorted([(("cause", c), ("feature", f)) for f, c in causes] + [(("feature", "target_page_size"),)])
     assert found[("hypervisor_postcopy_supported", ())] == 0.0
     assert found[("hypervisor_postcopy_enabled", ())] == 0.0
 
@@ -113,10 +111,10 @@ def test_canary_series_only_when_it_ran():
 @pytest.mark.parametrize(
     "value, written",
     [
-        ('qemu "patched"', r'qemu \"patched\"'),
+        ('qemu "patched"', r"qemu \"patched\""),
         ("C:\\qemu", r"C:\\qemu"),
         ("two\nlines", r"two\nlines"),
-        ('\\"\n', r'\\\"\n'),
+        ('\\"\n', r"\\\"\n"),
         ("ünïcode, {braces} = and,commas", "ünïcode, {braces} = and,commas"),
     ],
 )
