@@ -11,7 +11,10 @@ Polls /proc (no psutil needed) every INTERVAL seconds and appends one JSON line 
 command line), ``controller_pss_peak`` the same with PSS, which splits the pages the workers share
 with ansible-playbook among them instead of counting them once per worker; ``tree_peak`` adds
 everything they started (with the local connection: the module processes); ``main_peak`` is the
-ansible-playbook process alone. Exits with the command's status.
+ansible-playbook process alone; ``worker_peak`` the largest any one worker grew (what one fork costs
+the controller), and ``controller_processes_at_peak`` how many Ansible processes made up
+``controller_peak``: a playbook whose tasks end sooner has fewer workers alive at once. Exits with
+the command's status.
 """
 
 import json
@@ -92,23 +95,28 @@ def watch(argv, out_path, interval=INTERVAL):
     start = time.monotonic()
     proc = subprocess.Popen(argv)
     main_cmd = main_pid = None
-    peaks = {"controller_peak": 0, "controller_pss_peak": 0, "tree_peak": 0, "main_peak": 0, "samples": 0, "max_processes": 0}
+    peaks = {"controller_peak": 0, "controller_pss_peak": 0, "tree_peak": 0, "main_peak": 0, "worker_peak": 0, "controller_processes_at_peak": 0,
+             "samples": 0, "max_processes": 0}
     while proc.poll() is None:
         pids = _tree(proc.pid)
         if main_cmd is None:
             main_pid = next((pid for pid in pids if _is_ansible(_cmdline(pid))), None)
             if main_pid is not None:
                 main_cmd = _cmdline(main_pid)
-        controller = tree = pss = 0
+        controller = tree = pss = processes = 0
         with_pss = peaks["samples"] % PSS_EVERY == 0
         for pid in pids:
             rss = _rss(pid)
             tree += rss
             if _cmdline(pid) == main_cmd:
                 controller += rss
+                processes += 1
+                if pid != main_pid:
+                    peaks["worker_peak"] = max(peaks["worker_peak"], rss)
                 if with_pss:
                     pss += _pss(pid)
-        peaks["controller_peak"] = max(peaks["controller_peak"], controller)
+        if controller > peaks["controller_peak"]:
+            peaks["controller_peak"], peaks["controller_processes_at_peak"] = controller, processes
         peaks["controller_pss_peak"] = max(peaks["controller_pss_peak"], pss)
         peaks["tree_peak"] = max(peaks["tree_peak"], tree)
         if main_pid is not None:
