@@ -230,3 +230,11 @@ def test_the_line_names_the_launcher_and_how_qemu_gets_userfaultfd():
         "SUPPORTED: post-copy works for libvirt-qemu (uid 64055), libvirt 11.3, QEMU 10.0, device via libvirt's private /dev, "
         "kernel 6.18.0, userfaultfd via device"
     )
+
+
+def test_the_guide_lists_every_option_variable():
+    guide = os.path.join(os.path.dirname(PLAYBOOK), "..", "docs", "docsite", "rst", "preflight.rst")
+    with open(guide) as handle:
+        row = next(line for line in handle if "any option of ``postcopy_facts``" in line)
+    listed = re.findall(r"``(postcopy_\w+)``", row.split(":", 1)[1])
+    assert sorted(listed) == sorted(preflight.option_variables().values())
