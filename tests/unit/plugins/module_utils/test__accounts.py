@@ -85,3 +85,9 @@ def test_unknown_account_is_a_clear_error():
 def test_switch_needed():
     assert _accounts.account_switch_needed(_accounts.resolve_account(str(os.geteuid()))) is (os.getegid() != os.getgid())
     assert _accounts.account_switch_needed(_accounts.resolve_account("nobody")) is (os.geteuid() != 65534)
+
+
+@pytest.mark.parametrize("text, digits", [("0", True), ("64055", True), ("", False), ("+1", False), ("²", False), ("١٢", False), ("1 ", False)])
+def test_is_digits_takes_only_what_int_reads_as_a_plain_decimal(text, digits):
+    # str.isdigit() alone accepts "²", which int() refuses, and other scripts' digits, which int() reads.
+    assert _accounts.is_digits(text) is digits
