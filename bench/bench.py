@@ -91,11 +91,6 @@ UNREACHABLE = {
                            "with async_status; that machinery costs more than the goal with any second module (the "
                            "[setup, ping] row); what postcopy_facts itself adds is the [setup, postcopy_facts] / "
                            "[setup, ping] row, held to the goal"),
-    "fleet_ssh": (1.3, "every managed host here runs on the controller's own 2 cores, so what the probe costs on each host "
-                       "over ping (about 27 ms of CPU in its module process: its payload's Python and the forked, switched "
-                       "child) is paid by the controller too, and at 1,000 hosts the controller adds 5-13 ms per host more; "
-                       "what the preflight playbook adds to the module is the 'preflight playbook / postcopy_facts alone' "
-                       "row, held to the goal"),
     "fleet_ssh_memory": (1.35, "a task that passes a host's variables to its module templates them in that host's worker, and "
                                "the first template a worker evaluates costs it 1.5-3 MiB of pages of its own (the template "
                                "engine, the filters it loads), which the ping playbook, a task without arguments, never pays; "
